@@ -1,0 +1,33 @@
+"""Import the built-in benchmarks (which registers them) and build one from a run config."""
+
+from __future__ import annotations
+
+from mmcl.benchmarks import BENCHMARKS
+from mmcl.config import RunConfig
+from mmcl.data.sample import Benchmark
+
+
+def _register_builtins() -> None:
+    from mmcl.benchmarks import hf_dataset, llava_json, msvqa_synth  # noqa: F401
+
+
+def build_benchmark(cfg: RunConfig) -> Benchmark:
+    """Build the configured benchmark.
+
+    The data seed is ``benchmark.seed`` (default 0), independent of the run seed, so that
+    runs with different seeds differ in training randomness only, on the same data.
+    """
+    _register_builtins()
+    factory = BENCHMARKS.get(cfg.benchmark.name)
+    bench = factory(cfg.benchmark)
+    if not bench.tasks:
+        raise ValueError(f"benchmark {cfg.benchmark.name!r} has no tasks after applying order/subset options")
+    for t in bench.tasks:
+        if not t.test:
+            raise ValueError(f"benchmark {cfg.benchmark.name!r}: task {t.name!r} has no test samples")
+    return bench
+
+
+def benchmark_names() -> list[str]:
+    _register_builtins()
+    return BENCHMARKS.names()

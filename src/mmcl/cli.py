@@ -1,0 +1,165 @@
+"""The ``mmcl`` command line: run, pretrain, rescore, compare, report, list."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Continual learning of multimodal LLMs.")
+console = Console(stderr=True)
+out = Console()
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    configs: Annotated[list[Path] | None, typer.Argument(help="YAML config file(s); later ones override earlier ones.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set method.name=ewc")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default runs/<time>-<name>/).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate config, data and model; print the plan; no training.")] = False,
+) -> None:
+    """Run a continual-learning stream. With no CONFIG, runs the embedded default."""
+    from mmcl.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(list(configs or []), list(set_ or []))
+    except ConfigError as e:
+        _fail(str(e))
+    from mmcl.data.errors import DataError
+    from mmcl.models.loader import ModelLoadError
+    from mmcl.registry import UnknownNameError
+    from mmcl.runner import Runner
+
+    try:
+        runner = Runner(cfg, output_dir=output, console=console)
+        if dry_run:
+            plan = runner.dry_run()
+            _print_plan(plan, runner)
+            return
+        run_dir = runner.run()
+    except (DataError, ModelLoadError, UnknownNameError, ValueError, OSError) as e:
+        _fail(str(e))
+    results = json.loads((run_dir / "results.json").read_text())
+    m = results["metrics"]["primary"]
+    fmt = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
+    console.print(
+        f"[bold green]done[/]: last {fmt(m['last'])}, average {fmt(m['average'])}, BWT {fmt(m['bwt'])}, "
+        f"forgetting {fmt(m['forgetting'])} (primary track, ×100)"
+    )
+    console.print(f"results: {run_dir / 'results.json'}")
+    if (run_dir / "report.md").exists():
+        console.print(f"report:  {run_dir / 'report.md'}")
+    out.print(str(run_dir))
+
+
+def _print_plan(plan, runner) -> None:
+    table = Table(title=f"plan: {runner.benchmark.name} × {plan.method} ({plan.schedule})")
+    for col in ("#", "task", "train", "test", "steps", "scorers"):
+        table.add_column(col)
+    for i, t in enumerate(plan.tasks, 1):
+        table.add_row(str(i), t["name"], str(t["train"]), str(t["test"]), str(t["steps"]), ", ".join(t["scorers"]))
+    out.print(table)
+    out.print(
+        f"model: {plan.model_source}; parameters: {plan.total_params:,}; trainable: {plan.trainable_params:,}; "
+        f"stages: {plan.stages}; evaluation cells: {plan.eval_cells}; output: {runner.output_dir}"
+    )
+    out.print("dry run: config, data and model are valid; nothing was trained or written.")
+
+
+@app.command()
+def pretrain(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to save the base (default: the shipped preset dir).")] = None,
+    seed: int = 0,
+    n_captions: Annotated[int, typer.Option(help="Synthetic image-caption pairs.")] = 4000,
+    epochs: float = 3.0,
+    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps (for smoke tests).")] = None,
+) -> None:
+    """Build and pre-train the tiny LLaVA base on generic synthetic captions."""
+    from mmcl.models.loader import ASSETS_DIR
+    from mmcl.models.pretrain import pretrain as do_pretrain
+
+    target = output or ASSETS_DIR / "tiny-llava"
+    do_pretrain(target, seed=seed, n_captions=n_captions, epochs=epochs, max_steps=max_steps, console=console)
+    out.print(str(target))
+
+
+@app.command()
+def rescore(
+    run_dir: Path,
+    scorer: Annotated[str, typer.Option("--scorer", help="Scorer name, e.g. relaxed_numeric.")],
+) -> None:
+    """Recompute a run's matrices and metrics from its saved predictions with another scorer."""
+    from mmcl.registry import UnknownNameError
+    from mmcl.rescore import rescore_run
+
+    try:
+        results = rescore_run(run_dir, scorer)
+    except (UnknownNameError, ValueError, OSError) as e:
+        _fail(str(e))
+    m = results["metrics"][scorer]
+    out.print(json.dumps({scorer: m}, indent=2))
+
+
+@app.command()
+def compare(
+    run_dirs: list[Path],
+    scorer: Annotated[str, typer.Option(help="Track to compare (default: each task's primary scorer).")] = "primary",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write compare.md and compare.json here.")] = None,
+) -> None:
+    """Side-by-side table of runs (seeds of the same config grouped as mean ± std)."""
+    from mmcl.report import compare as cmp
+
+    try:
+        table = cmp.compare_runs(run_dirs, scorer=scorer)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    out.print(cmp.render_rich(table))
+    if output:
+        cmp.write_comparison(table, output)
+        console.print(f"wrote {output / 'compare.md'} and {output / 'compare.json'}")
+
+
+@app.command()
+def report(run_dir: Path) -> None:
+    """Rewrite a run's report.md, heatmaps and matrix.csv from its results.json."""
+    from mmcl.report.markdown import write_report
+    from mmcl.report.results import load_results, write_matrix_csv
+
+    try:
+        results = load_results(run_dir)
+    except (ValueError, OSError) as e:
+        _fail(str(e))
+    write_matrix_csv(run_dir, results)
+    out.print(str(write_report(run_dir, results)))
+
+
+@app.command("list")
+def list_names() -> None:
+    """List the registered benchmarks, methods, scorers and model presets."""
+    from mmcl.benchmarks.builtin import benchmark_names
+    from mmcl.eval.scorers import SCORERS
+    from mmcl.methods import METHODS
+    from mmcl.models.loader import PRESETS
+
+    out.print(f"benchmarks: {', '.join(benchmark_names())}")
+    out.print(f"methods:    {', '.join(METHODS.names())}")
+    out.print(f"scorers:    {', '.join(SCORERS.names())}")
+    out.print(f"models:     {', '.join(sorted(PRESETS))} (or model.path=<local HF dir>)")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

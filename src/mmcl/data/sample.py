@@ -1,0 +1,93 @@
+"""The core data vocabulary: Sample, Task, Benchmark (see DESIGN.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+ImageSource = Image.Image | str | Path | Callable[[], Image.Image] | None
+
+
+@dataclass
+class Sample:
+    """One example: an image, a question, reference answer(s), and where it comes from.
+
+    ``answers[0]`` is the training target; all of ``answers`` are references for scoring.
+    ``history`` holds earlier (question, answer) turns of a multi-turn conversation;
+    the image belongs to the first turn. ``meta`` carries ground truth a scorer or an
+    analysis may need (boxes, object category, question type...).
+    """
+
+    id: str
+    question: str
+    answers: list[str]
+    image: ImageSource = None
+    task: str = ""
+    scenario: str | None = None
+    history: list[tuple[str, str]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def load_image(self) -> Image.Image | None:
+        """Return the image as RGB PIL, loading it from disk or a factory if needed."""
+        img = self.image
+        if img is None:
+            return None
+        if callable(img) and not isinstance(img, Image.Image):
+            img = img()
+        if isinstance(img, (str, Path)):
+            with Image.open(img) as f:
+                img = f.convert("RGB")
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return img
+
+
+@dataclass
+class Task:
+    """A named train/test split with its scorers (the first is the primary one)."""
+
+    name: str
+    train: list[Sample]
+    test: list[Sample]
+    scorers: list[str] = field(default_factory=lambda: ["exact_match"])
+    scenario: str | None = None
+    max_new_tokens: int = 16
+    description: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def primary_scorer(self) -> str:
+        return self.scorers[0]
+
+
+@dataclass
+class Benchmark:
+    """An ordered stream of tasks."""
+
+    name: str
+    tasks: list[Task]
+    description: str = ""
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def task(self, name: str) -> Task:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise KeyError(f"benchmark {self.name!r} has no task {name!r}; tasks: {', '.join(self.task_names)}")
+
+    @property
+    def scorer_names(self) -> list[str]:
+        """Every scorer declared by some task, in first-seen order."""
+        seen: list[str] = []
+        for t in self.tasks:
+            for s in t.scorers:
+                if s not in seen:
+                    seen.append(s)
+        return seen

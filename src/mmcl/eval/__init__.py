@@ -1,0 +1,1 @@
+"""Evaluation: scorers that compare a prediction with reference answers."""

@@ -1,0 +1,472 @@
+"""Scorers: pure functions of (prediction, references) -> score in [0, 1].
+
+Every scorer takes the model's prediction and a non-empty sequence of reference
+strings (a single ``str`` is accepted as one reference) and returns a float in
+[0, 1]. Scorers are registered by name in :data:`SCORERS`; a task declares its
+scorer by that name and the evaluator calls :func:`score`.
+
+Registered scorers:
+
+- ``exact_match``: normalised string equality, max over references. Strict:
+  ``"3"`` vs ``"3.0"`` is a mismatch (use ``relaxed_numeric`` for numbers).
+- ``vqa_score``: the VQA-v2 accuracy (official answer normalisation and the
+  leave-one-out ``min(#humans/3, 1)`` rule; see :func:`vqa_score` for < 4 refs).
+- ``token_f1``: SQuAD-style bag-of-tokens F1, max over references.
+- ``box_f1``: grounding F1 over boxes matched one-to-one at IoU >= 0.5.
+- ``relaxed_numeric``: ChartQA-style relaxed accuracy (5 % relative tolerance),
+  falling back to ``exact_match`` for non-numbers.
+- ``contains``: 1.0 if a normalised reference occurs, token-aligned, in the
+  normalised prediction.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from mmcl.registry import Registry
+
+Scorer = Callable[[str, Sequence[str]], float]
+"""A pure function ``(prediction, references) -> score in [0, 1]``."""
+
+Box = tuple[float, float, float, float]
+
+SCORERS: Registry[Scorer] = Registry("scorer")
+
+IOU_THRESHOLD = 0.5
+"""A predicted box matches a reference box when their IoU is at least this."""
+
+RELATIVE_TOLERANCE = 0.05
+"""``relaxed_numeric`` accepts ``|pred - ref| <= RELATIVE_TOLERANCE * |ref|``."""
+
+_ARTICLES = frozenset({"a", "an", "the"})
+
+
+def get_scorer(name: str) -> Scorer:
+    """Return the scorer registered under ``name`` (raises with the valid names if unknown)."""
+    return SCORERS.get(name)
+
+
+def score(name: str, prediction: str, references: Sequence[str]) -> float:
+    """Score ``prediction`` against ``references`` with the scorer named ``name``."""
+    return get_scorer(name)(prediction, references)
+
+
+def _as_refs(references: Sequence[str] | str) -> list[str]:
+    """A list of references; a bare string is one reference, an empty list is an error."""
+    refs = [references] if isinstance(references, str) else list(references)
+    if not refs:
+        raise ValueError("a scorer needs at least one reference answer, got none")
+    return refs
+
+
+def _drop_articles(words: list[str]) -> list[str]:
+    """Remove a/an/the, unless the answer is nothing but articles (e.g. option "A")."""
+    kept = [w for w in words if w not in _ARTICLES]
+    return kept or words
+
+
+# ---------------------------------------------------------------------------
+# exact_match
+# ---------------------------------------------------------------------------
+
+# Punctuation stripped from the ends of an answer. Signs, "%", "$" and "#" are
+# kept because they change meaning; a leading "." is kept so ".5" stays ".5".
+_EDGE_PUNCT_RIGHT = "\"'`\u201c\u201d\u2018\u2019()[]{}<>.,;:!?*_"
+_EDGE_PUNCT_LEFT = _EDGE_PUNCT_RIGHT.replace(".", "")
+_EDGE_WS_LEFT = _EDGE_PUNCT_LEFT + string.whitespace
+_EDGE_WS_RIGHT = _EDGE_PUNCT_RIGHT + string.whitespace
+
+
+def normalize_answer(text: str) -> str:
+    """Normalise a short answer for ``exact_match`` and ``contains``.
+
+    Lower-case, collapse whitespace, strip surrounding quotes, brackets,
+    ``* _ , ; : ! ?`` and a trailing period, and drop the articles a/an/the
+    (kept when the answer is only an article, so option "A" is not erased).
+    Numbers are not rewritten: "3" and "3.0" stay different.
+    """
+    text = " ".join(text.lower().split())
+    text = text.lstrip(_EDGE_WS_LEFT).rstrip(_EDGE_WS_RIGHT)
+    text = " ".join(_drop_articles(text.split()))
+    return text.lstrip(_EDGE_WS_LEFT).rstrip(_EDGE_WS_RIGHT)
+
+
+@SCORERS.register("exact_match")
+def exact_match(prediction: str, references: Sequence[str]) -> float:
+    """1.0 if the normalised prediction equals a normalised reference, else 0.0.
+
+    See :func:`normalize_answer`. Deliberately strict about numbers: "3" vs
+    "3.0" and "1,000" vs "1000" score 0.0 here; ``relaxed_numeric`` accepts them.
+    """
+    pred = normalize_answer(prediction)
+    return max(float(pred == normalize_answer(ref)) for ref in _as_refs(references))
+
+
+# ---------------------------------------------------------------------------
+# vqa_score: normalisation of the official VQA evaluation script (vqaEval.py)
+# ---------------------------------------------------------------------------
+
+_VQA_CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
+    "couldnt": "couldn't", "couldn'tve": "couldn't've", "couldnt've": "couldn't've",
+    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't",
+    "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've",
+    "hes": "he's", "howd": "how'd", "howll": "how'll", "hows": "how's",
+    # The next four keys have capitals, so after lower-casing they never match;
+    # kept as in the official script.
+    "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've",
+    "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've",
+    "itll": "it'll", "let's": "let's", "maam": "ma'am", "mightnt": "mightn't",
+    "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've",
+    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've",
+    "oclock": "o'clock", "oughtnt": "oughtn't", "ow's'at": "'ow's'at",
+    "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't",
+    "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's",
+    "shouldve": "should've", "shouldnt": "shouldn't", "shouldnt've": "shouldn't've",
+    "shouldn'tve": "shouldn't've",
+    "somebody'd": "somebodyd",  # sic: the official map has this entry backwards
+    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
+    "someoned've": "someone'd've", "someone'dve": "someone'd've",
+    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd",
+    "somethingd've": "something'd've", "something'dve": "something'd've",
+    "somethingll": "something'll", "thats": "that's", "thered": "there'd",
+    "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're",
+    "theres": "there's", "theyd": "they'd", "theyd've": "they'd've",
+    "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're",
+    "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've",
+    "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll",
+    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's",
+    "whered": "where'd", "wheres": "where's", "whereve": "where've", "whod": "who'd",
+    "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll", "whos": "who's",
+    "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
+    "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't",
+    "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've", "yall": "y'all",
+    "yall'll": "y'all'll", "y'allll": "y'all'll", "yall'd've": "y'all'd've",
+    "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll",
+    "youre": "you're", "youve": "you've",
+}  # fmt: skip
+
+_VQA_NUMBER_WORDS = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
+    "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}  # fmt: skip
+
+_VQA_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")  # fmt: skip
+# As in the official script. "(?!<=\d)" is a negative *lookahead* (a typo for a
+# lookbehind) and is always true at a ".", so this removes every "." that is not
+# followed by a digit: "yes." -> "yes", "2.5" stays.
+_VQA_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_VQA_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+
+
+def _vqa_process_punctuation(text: str) -> str:
+    """``processPunctuation`` of vqaEval.py: drop or space out punctuation, strip periods.
+
+    A punctuation mark is deleted when it touches a space somewhere in the text
+    or when the text contains a digit-comma-digit ("1,000" -> "1000");
+    otherwise it is replaced by a space ("yes/no" -> "yes no").
+    """
+    out = text
+    has_digit_comma = _VQA_COMMA_STRIP.search(text) is not None
+    for p in _VQA_PUNCT:
+        if (p + " " in text or " " + p in text) or has_digit_comma:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return _VQA_PERIOD_STRIP.sub("", out)
+
+
+def _vqa_process_digit_article(text: str) -> str:
+    """``processDigitArticle`` of vqaEval.py: lower-case, number words 0-10, drop articles, contractions."""
+    words = [_VQA_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [w for w in words if w not in _ARTICLES]
+    return " ".join(_VQA_CONTRACTIONS.get(w, w) for w in words)
+
+
+def vqa_normalize(text: str) -> str:
+    """Normalise an answer exactly as the official VQA evaluation does (punctuation, then digits/articles)."""
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    return _vqa_process_digit_article(_vqa_process_punctuation(text))
+
+
+@SCORERS.register("vqa_score")
+def vqa_score(prediction: str, references: Sequence[str]) -> float:
+    """VQA-v2 accuracy of ``prediction`` against the human ``references``.
+
+    Prediction and every reference are normalised with :func:`vqa_normalize`
+    (the official script skips reference normalisation when all references are
+    identical, because its ground truth is pre-normalised; we always normalise,
+    which only differs for un-normalised ground truth).
+
+    With N >= 4 references (VQA-v2 has 10) this is the official rule: for each
+    of the N leave-one-out subsets of N-1 references, ``min(#matches / 3, 1)``,
+    averaged over the N subsets. E.g. 10 refs of which 1 matches -> 0.3, 2 -> 0.6,
+    3 or more -> 1.0.
+
+    With N <= 3 references the leave-one-out subsets hold at most 2 answers and
+    could never reach 3 matches, so a perfect answer would score at most 2/3.
+    There we use ``#matches / N`` (= ``min(#matches / min(3, N), 1)``): with one
+    reference a match scores 1.0; with 2 references, one match scores 0.5.
+    """
+    refs = [vqa_normalize(r) for r in _as_refs(references)]
+    pred = vqa_normalize(prediction)
+    n_match = sum(r == pred for r in refs)
+    n = len(refs)
+    if n <= 3:
+        return n_match / n
+    # Leave reference i out: the others hold n_match minus (1 if ref i matched).
+    accs = [min(1.0, (n_match - (r == pred)) / 3.0) for r in refs]
+    return sum(accs) / n
+
+
+# ---------------------------------------------------------------------------
+# token_f1
+# ---------------------------------------------------------------------------
+
+_PUNCT_TABLE = str.maketrans("", "", string.punctuation)
+
+
+def _squad_tokens(text: str) -> list[str]:
+    """SQuAD normalisation: lower-case, delete ASCII punctuation, drop articles, split on whitespace."""
+    return _drop_articles(text.lower().translate(_PUNCT_TABLE).split())
+
+
+def _token_f1_single(pred_tokens: list[str], ref_tokens: list[str]) -> float:
+    if not pred_tokens or not ref_tokens:
+        return float(pred_tokens == ref_tokens)
+    n_same = sum((Counter(pred_tokens) & Counter(ref_tokens)).values())
+    if n_same == 0:
+        return 0.0
+    precision = n_same / len(pred_tokens)
+    recall = n_same / len(ref_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+@SCORERS.register("token_f1")
+def token_f1(prediction: str, references: Sequence[str]) -> float:
+    """SQuAD-style token F1 (multiset overlap of normalised tokens), max over references.
+
+    Normalisation as SQuAD's ``normalize_answer`` (punctuation is deleted, so
+    "3.5" becomes "35"), except that an answer made only of articles keeps them.
+    Two empty answers score 1.0; one empty answer scores 0.0.
+    """
+    pred = _squad_tokens(prediction)
+    return max(_token_f1_single(pred, _squad_tokens(ref)) for ref in _as_refs(references))
+
+
+# ---------------------------------------------------------------------------
+# box_f1
+# ---------------------------------------------------------------------------
+
+# A number not glued to a word or to another number ("x1" and "3rd" yield nothing
+# for the "1"/"3"; in "10-20" the "-" is a separator, not a sign).
+_NUM_RE = re.compile(r"(?<![\w.])-?(?:\d+(?:\.\d*)?|\.\d+)(?![\w])")
+_SEP_CHARS = " \t\r\n,;[](){}"
+_SEP_ONLY_RE = re.compile(r"[\s,;\[\](){}]*")
+_INNER_GROUP_RE = re.compile(r"[\[({]([^\[\](){}]*)[\])}]")
+
+
+def _bracket_groups(text: str) -> list[Box]:
+    """Boxes from innermost bracket groups: ``[x1,y1,x2,y2]`` or two points ``(x1,y1),(x2,y2)``."""
+    boxes: list[Box] = []
+    pending_point: tuple[float, float] | None = None
+    for group in _INNER_GROUP_RE.finditer(text):
+        nums = [float(m.group()) for m in _NUM_RE.finditer(group.group(1))]
+        if len(nums) == 4:
+            boxes.append((nums[0], nums[1], nums[2], nums[3]))
+            pending_point = None
+        elif len(nums) == 2:
+            if pending_point is None:
+                pending_point = (nums[0], nums[1])
+            else:
+                boxes.append((*pending_point, nums[0], nums[1]))
+                pending_point = None
+        else:
+            pending_point = None
+    return boxes
+
+
+def parse_boxes(text: str) -> list[Box]:
+    """Every box ``(x1, y1, x2, y2)`` written in ``text``, in order of appearance.
+
+    Numbers separated only by spaces, ``,``, ``;`` and brackets form a run; a
+    run of 4k numbers gives k boxes, so "[1, 2, 3, 4]", "(1,2),(3,4)",
+    "1 2 3 4; 5 6 7 8" and "[[1,2,3,4],[5,6,7,8]]" all parse. A run whose
+    length is not a multiple of 4 (e.g. "box 1 [10, 20, 30, 40]") is read by
+    its innermost brackets: a group of 4 numbers is a box, two consecutive
+    groups of 2 numbers are two corners. Text such as "no box" gives ``[]``.
+    Coordinates are returned as written (no rescaling between pixel and
+    normalised coordinates).
+    """
+    boxes: list[Box] = []
+    matches = list(_NUM_RE.finditer(text))
+    runs: list[list[re.Match[str]]] = []
+    for m in matches:
+        if runs and _SEP_ONLY_RE.fullmatch(text, runs[-1][-1].end(), m.start()):
+            runs[-1].append(m)
+        else:
+            runs.append([m])
+    for run in runs:
+        if len(run) % 4 == 0:
+            nums = [float(m.group()) for m in run]
+            boxes.extend((nums[i], nums[i + 1], nums[i + 2], nums[i + 3]) for i in range(0, len(nums), 4))
+            continue
+        start, end = run[0].start(), run[-1].end()
+        while start > 0 and text[start - 1] in _SEP_CHARS:
+            start -= 1
+        while end < len(text) and text[end] in _SEP_CHARS:
+            end += 1
+        boxes.extend(_bracket_groups(text[start:end]))
+    return boxes
+
+
+def iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes; 0.0 when the union is empty.
+
+    A box with x2 < x1 or y2 < y1 has zero area.
+    """
+    ax1, ay1, ax2, ay2 = a
+    bx1, by1, bx2, by2 = b
+    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
+    area_a = max(0.0, ax2 - ax1) * max(0.0, ay2 - ay1)
+    area_b = max(0.0, bx2 - bx1) * max(0.0, by2 - by1)
+    union = area_a + area_b - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _max_matching(pred: list[Box], ref: list[Box], threshold: float) -> int:
+    """Size of a maximum one-to-one matching of pred to ref boxes with IoU >= threshold.
+
+    Exact (augmenting paths, Kuhn's algorithm), not greedy.
+    """
+    adj = [[j for j, r in enumerate(ref) if iou(p, r) >= threshold] for p in pred]
+    owner = [-1] * len(ref)  # owner[j] = index of the pred box matched to ref box j
+
+    def augment(i: int, seen: list[bool]) -> bool:
+        for j in adj[i]:
+            if not seen[j]:
+                seen[j] = True
+                if owner[j] == -1 or augment(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+
+    return sum(augment(i, [False] * len(ref)) for i in range(len(pred)))
+
+
+def _box_f1_single(pred: list[Box], ref: list[Box]) -> float:
+    if not pred and not ref:
+        return 1.0
+    if not pred or not ref:
+        return 0.0
+    matched = _max_matching(pred, ref, IOU_THRESHOLD)
+    # F1 = 2PR/(P+R) with P = matched/len(pred), R = matched/len(ref).
+    return 2 * matched / (len(pred) + len(ref))
+
+
+@SCORERS.register("box_f1")
+def box_f1(prediction: str, references: Sequence[str]) -> float:
+    """Grounding F1: boxes parsed with :func:`parse_boxes`, matched one-to-one at IoU >= 0.5.
+
+    Each reference string is one complete answer (it may hold several boxes).
+    The matching is a maximum-cardinality bipartite matching (exact), so the
+    number of true positives is the largest possible. Precision = matched /
+    predicted boxes, recall = matched / reference boxes, F1 = 2PR/(P+R).
+    No boxes in both -> 1.0; in exactly one -> 0.0. Max over references.
+    """
+    pred = parse_boxes(prediction)
+    return max(_box_f1_single(pred, parse_boxes(ref)) for ref in _as_refs(references))
+
+
+# ---------------------------------------------------------------------------
+# relaxed_numeric
+# ---------------------------------------------------------------------------
+
+_NUMBER_WORD_LIST = (
+    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+    "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+    "nineteen", "twenty",
+)  # fmt: skip
+_NUMBER_WORDS = {w: float(i) for i, w in enumerate(_NUMBER_WORD_LIST)}
+_THOUSANDS_RE = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_FLOAT_RE = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[-+]?\d+)?")
+
+
+def parse_number(text: str) -> float | None:
+    """The number an answer states, or None.
+
+    Accepts "42", "-3.5", "3.", "1,000" (thousands commas only), "45%" and
+    "45 percent" (read as 45, not 0.45), "$12" (leading currency symbol), and
+    the words zero..twenty. Anything else ("1,5", "3 apples", "nan") is None.
+    """
+    t = normalize_answer(text)
+    for suffix in ("%", " percent", "percent"):
+        if t.endswith(suffix):
+            t = t[: -len(suffix)].rstrip()
+            break
+    t = t.lstrip("$\u20ac\u00a3\u00a5").strip()
+    if t in _NUMBER_WORDS:
+        return _NUMBER_WORDS[t]
+    if _THOUSANDS_RE.fullmatch(t):
+        t = t.replace(",", "")
+    return float(t) if _FLOAT_RE.fullmatch(t) else None
+
+
+def _relaxed_single(prediction: str, reference: str) -> float:
+    pred, ref = parse_number(prediction), parse_number(reference)
+    if pred is None or ref is None:
+        return exact_match(prediction, [reference])
+    if ref == 0:
+        return float(pred == 0)
+    return float(abs(pred - ref) <= RELATIVE_TOLERANCE * abs(ref))
+
+
+@SCORERS.register("relaxed_numeric")
+def relaxed_numeric(prediction: str, references: Sequence[str]) -> float:
+    """ChartQA relaxed accuracy: numbers match within 5 % of the reference, else exact match.
+
+    When both strings parse with :func:`parse_number`, 1.0 if
+    ``|pred - ref| <= 0.05 * |ref|`` (a reference of 0 needs exactly 0), so
+    "3" vs "3.0" and "1,000" vs "1000" score 1.0. Otherwise falls back to
+    ``exact_match``. Unlike ChartQA's script, "45%" is read as 45, not 0.45.
+    Max over references.
+    """
+    return max(_relaxed_single(prediction, ref) for ref in _as_refs(references))
+
+
+# ---------------------------------------------------------------------------
+# contains
+# ---------------------------------------------------------------------------
+
+# Numbers with their decimal/thousands separators are one token, so "3" is not
+# found in "3.5"; words are one token; other symbols are single tokens.
+_TOKEN_RE = re.compile(r"\d+(?:[.,]\d+)*|\w+|[^\w\s]")
+
+
+def _contains_tokens(haystack: list[str], needle: list[str]) -> bool:
+    if not needle:
+        return not haystack
+    n = len(needle)
+    return any(haystack[i : i + n] == needle for i in range(len(haystack) - n + 1))
+
+
+@SCORERS.register("contains")
+def contains(prediction: str, references: Sequence[str]) -> float:
+    """1.0 if a normalised reference occurs in the normalised prediction as whole tokens.
+
+    Both sides go through :func:`normalize_answer` and are split into word,
+    number and symbol tokens; the reference must appear as a contiguous token
+    sequence ("cat" is found in "a black cat." but not in "category"; "3" is
+    not found in "3.5"). An empty reference only matches an empty prediction.
+    """
+    pred = _TOKEN_RE.findall(normalize_answer(prediction))
+    return max(
+        float(_contains_tokens(pred, _TOKEN_RE.findall(normalize_answer(ref))))
+        for ref in _as_refs(references)
+    )

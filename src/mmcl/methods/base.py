@@ -1,0 +1,129 @@
+"""The Method API: hooks around the one shared training loop (Avalanche-style, one level deep).
+
+A method never copies the loop. The runner calls, for each stage t with task T_t::
+
+    method.setup(model)                         # once, before the first stage -> (possibly wrapped) model
+    method.before_task(t, task)
+    samples = method.train_samples(t, task)     # e.g. replay mixes in memory samples
+    params  = method.trainable_parameters()     # what the optimizer updates this stage
+    ... loop: loss = task loss + method.extra_loss(batch, outputs, t)
+              method.after_backward(t)          # e.g. gradient surgery
+    method.after_task(t, task)                  # e.g. Fisher estimate, freeze an expert
+    for every task j: method.route(samples_j, j) -> adapter name per sample (or None)
+
+``schedule`` says how the stream is used: "sequential" (train each task, evaluate after
+each stage), "joint" (train once on the union, evaluate once), "none" (no training).
+``state_dict``/``load_state_dict`` hold everything a resumed run needs besides the
+model weights; ``cost`` reports memory the method holds between tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mmcl.config import RunConfig
+from mmcl.data.sample import Benchmark, Sample, Task
+from mmcl.models.loader import ModelBundle
+from mmcl.registry import Registry
+
+
+class MethodOptions(BaseModel):
+    """Base class of a method's options: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class RunContext:
+    """What a method may look at: the config, the model bundle, the stream, the device."""
+
+    config: RunConfig
+    bundle: ModelBundle
+    benchmark: Benchmark
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.bundle.model
+
+
+Distributed = Literal["ddp", "fsdp", "zero1", "zero2", "zero3"]
+
+
+class Method:
+    """Base method: plain training of whatever ``setup`` leaves trainable, no extra loss."""
+
+    name: ClassVar[str] = "base"
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    schedule: ClassVar[Literal["sequential", "joint", "none"]] = "sequential"
+    supports: ClassVar[frozenset[str]] = frozenset({"ddp"})  # distributed settings beyond one process
+
+    def __init__(self, ctx: RunContext, options: MethodOptions) -> None:
+        self.ctx = ctx
+        self.options = options
+        self.model: torch.nn.Module = ctx.model
+
+    @classmethod
+    def parse_options(cls, raw: dict[str, Any]) -> MethodOptions:
+        try:
+            return cls.Options.model_validate(raw)
+        except ValidationError as e:
+            valid = ", ".join(cls.Options.model_fields) or "(none)"
+            msgs = "; ".join(
+                f"method.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()
+            )
+            raise ValueError(f"method {cls.name!r}: {msgs}. Valid options: {valid}") from None
+
+    # --- lifecycle -------------------------------------------------------
+    def setup(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Prepare the model once (e.g. add adapters). Returns the model to train and evaluate."""
+        self.model = model
+        return model
+
+    def before_task(self, stage: int, task: Task) -> None:
+        """Called before training on ``task`` (``stage`` is 0-based)."""
+
+    def train_samples(self, stage: int, task: Task) -> list[Sample]:
+        """The samples to train on at this stage (default: the task's training set)."""
+        return list(task.train)
+
+    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def extra_loss(self, batch: dict[str, torch.Tensor], outputs: Any, stage: int) -> torch.Tensor | None:
+        """A loss term added to the task loss (regularisers, distillation)."""
+        return None
+
+    def after_backward(self, stage: int) -> None:
+        """Called after each backward pass, before clipping and the optimizer step."""
+
+    def after_task(self, stage: int, task: Task) -> None:
+        """Called after training on ``task``, before evaluation."""
+
+    def route(self, samples: list[Sample], task: Task) -> list[str] | None:
+        """Adapter name per sample for evaluation (peft ``adapter_names=``), or None for no routing."""
+        return None
+
+    # --- bookkeeping -----------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    def cost(self) -> dict[str, Any]:
+        """Extra cost figures (e.g. bytes held between tasks)."""
+        return {}
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def count_trainable(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,1 @@
+"""Models: the tiny LLaVA preset, loading, tokenizer and pre-training."""

@@ -1,0 +1,1 @@
+"""Reports from finished run directories: results.json loading, matrix.csv, report.md, heatmaps, comparisons."""

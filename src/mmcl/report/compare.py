@@ -1,0 +1,285 @@
+"""Compare finished runs: group seeds of the same configuration, show mean ± std per metric.
+
+Group key: runs are grouped by ``(name, method, benchmark)`` from their results.json.
+Seeds of one configuration must therefore share the run name (do not put the seed in
+``name``), and two different configurations of one method on one benchmark must have
+different names. When config.yaml is present, a group whose configs differ in anything
+but ``seed`` and ``output`` gets a note naming the differing keys.
+
+Scores are [0, 1] in ``compare.json`` and ×100 with one decimal in the rendered tables;
+std is the sample std over seeds (:func:`mmcl.metrics.summarize_seeds`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.table import Table
+
+from mmcl import __version__
+from mmcl.metrics import summarize_seeds
+from mmcl.report.markdown import MISSING
+from mmcl.report.results import METRIC_KEYS, load_results, track_metrics
+from mmcl.utils.io import atomic_write_json, atomic_write_text
+
+GROUP_KEY = ("name", "method", "benchmark")
+COMPARE_MD = "compare.md"
+COMPARE_JSON = "compare.json"
+COLUMNS = (
+    "name",
+    "method",
+    "benchmark",
+    "n_seeds",
+    *METRIC_KEYS,
+    "trainable_params",
+    "train_seconds",
+)
+_HEADERS = {
+    "name": "name",
+    "method": "method",
+    "benchmark": "benchmark",
+    "n_seeds": "seeds",
+    "last": "last",
+    "average": "average",
+    "mft": "MFT",
+    "bwt": "BWT",
+    "fwt": "FWT",
+    "forgetting": "forgetting",
+    "trainable_params": "trainable params",
+    "train_seconds": "train time (s)",
+}
+# Shorter headers for the terminal, where 12 columns must fit.
+_SHORT_HEADERS = {
+    **_HEADERS,
+    "n_seeds": "n",
+    "average": "avg",
+    "forgetting": "forget",
+    "trainable_params": "params",
+    "train_seconds": "train s",
+}
+_IGNORED_CONFIG_KEYS = ("seed", "output")
+
+
+@dataclass
+class Stat:
+    """Mean and sample std of one value over a group's seeds; ``n`` = seeds that had a value."""
+
+    mean: float | None
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float | None]) -> Stat:
+        mean, std = summarize_seeds(values)
+        return cls(mean, std, sum(v is not None for v in values))
+
+
+@dataclass
+class ComparisonRow:
+    """One group of runs (same name, method and benchmark), one per seed."""
+
+    name: str
+    method: str
+    benchmark: str
+    seeds: list[int]
+    runs: list[str]
+    metrics: dict[str, Stat]
+    trainable_params: Stat
+    train_seconds: Stat
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.runs)
+
+
+@dataclass
+class ComparisonTable:
+    """The result of :func:`compare_runs`: one row per group, plus notes on anything odd."""
+
+    scorer: str
+    rows: list[ComparisonRow]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (scores in [0, 1]); the content of compare.json."""
+
+        def stat(s: Stat) -> dict[str, Any]:
+            return {"mean": s.mean, "std": s.std, "n": s.n}
+
+        return {
+            "mmcl_version": __version__,
+            "scorer": self.scorer,
+            "group_key": list(GROUP_KEY),
+            "rows": [
+                {
+                    "name": r.name,
+                    "method": r.method,
+                    "benchmark": r.benchmark,
+                    "n_seeds": r.n_seeds,
+                    "seeds": r.seeds,
+                    "runs": r.runs,
+                    "metrics": {k: stat(v) for k, v in r.metrics.items()},
+                    "trainable_params": stat(r.trainable_params),
+                    "train_seconds": stat(r.train_seconds),
+                }
+                for r in self.rows
+            ],
+            "notes": self.notes,
+        }
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}." if isinstance(v, dict) else f"{prefix}{k}"))
+    return out
+
+
+def _config_without_seed(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(cfg, dict):
+        return None
+    return _flatten({k: v for k, v in cfg.items() if k not in _IGNORED_CONFIG_KEYS})
+
+
+def _config_differences(run_dirs: list[Path]) -> list[str]:
+    """Dotted config keys that differ between the runs (empty when a config.yaml is unreadable)."""
+    configs: list[dict[str, Any]] = []
+    for d in run_dirs:
+        cfg = _config_without_seed(d)
+        if cfg is None:
+            return []
+        configs.append(cfg)
+    keys = sorted({k for c in configs for k in c})
+    return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
+
+
+def compare_runs(
+    run_dirs: Sequence[str | Path], scorer: str = "primary", out_dir: str | Path | None = None
+) -> ComparisonTable:
+    """Group runs by ``(name, method, benchmark)`` and summarise each metric as mean ± std over seeds.
+
+    ``scorer`` picks the matrix track (``"primary"`` or a scorer name); metrics are
+    recomputed from each run's matrix with :func:`mmcl.report.results.track_metrics`.
+    Groups keep the order in which their first run is given. With ``out_dir``, also
+    writes compare.md and compare.json there. Raises ``ResultsError`` for a bad run
+    directory or a run without that track, ValueError for an empty list.
+    """
+    if not run_dirs:
+        raise ValueError("compare_runs needs at least one run directory")
+    groups: dict[tuple[str, str, str], list[tuple[Path, dict[str, Any]]]] = {}
+    for d in run_dirs:
+        results = load_results(d)
+        key = (str(results["name"]), str(results["method"]), str(results["benchmark"]))
+        groups.setdefault(key, []).append((Path(d), results))
+
+    rows: list[ComparisonRow] = []
+    notes: list[str] = []
+    for (name, method, benchmark), members in groups.items():
+        label = f"{name} ({method} on {benchmark})"
+        per_run = [track_metrics(r, scorer) for _, r in members]
+        costs = [r.get("cost") or {} for _, r in members]
+        seeds = [r["seed"] for _, r in members]
+        rows.append(
+            ComparisonRow(
+                name=name,
+                method=method,
+                benchmark=benchmark,
+                seeds=seeds,
+                runs=[str(d) for d, _ in members],
+                metrics={k: Stat.of([m.get(k) for m in per_run]) for k in METRIC_KEYS},
+                trainable_params=Stat.of([c.get("trainable_params") for c in costs]),
+                train_seconds=Stat.of([c.get("train_seconds") for c in costs]),
+            )
+        )
+        dup = sorted({s for s in seeds if seeds.count(s) > 1})
+        if dup:
+            notes.append(f"{label}: seed(s) {', '.join(map(str, dup))} appear more than once")
+        diff = _config_differences([d for d, _ in members])
+        if diff:
+            notes.append(f"{label}: configs differ beyond the seed in {', '.join(diff)}")
+    table = ComparisonTable(scorer=scorer, rows=rows, notes=notes)
+    if out_dir is not None:
+        write_comparison(table, out_dir)
+    return table
+
+
+def _fmt_stat(
+    s: Stat, n_seeds: int, scale: float = 100.0, fmt: str = ".1f", hide_zero_std: bool = False
+) -> str:
+    if s.mean is None:
+        return MISSING
+    text = f"{s.mean * scale:{fmt}}"
+    if s.n > 1 and not (hide_zero_std and s.std == 0):
+        text += f" ± {(s.std or 0.0) * scale:{fmt}}"
+    if s.n < n_seeds:
+        text += f" (n={s.n})"
+    return text
+
+
+def _cells(row: ComparisonRow) -> list[str]:
+    n = row.n_seeds
+    return [
+        row.name,
+        row.method,
+        row.benchmark,
+        str(n),
+        *(_fmt_stat(row.metrics[k], n) for k in METRIC_KEYS),
+        _fmt_stat(row.trainable_params, n, scale=1.0, fmt=",.0f", hide_zero_std=True),
+        _fmt_stat(row.train_seconds, n, scale=1.0),
+    ]
+
+
+def _legend(table: ComparisonTable) -> str:
+    return (
+        f"Track `{table.scorer}`. Scores ×100, mean ± sample std over seeds "
+        "(no ± for a single seed, nor for a parameter count equal across seeds; "
+        "(n=k) when only k seeds have a value). "
+        f"Runs grouped by {' + '.join(GROUP_KEY)}."
+    )
+
+
+def render_markdown(table: ComparisonTable) -> str:
+    """The comparison as a Markdown document (table, legend, notes)."""
+    header = [_HEADERS[c] for c in COLUMNS]
+    lines = [
+        f"# Comparison ({table.scorer})",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join([":---"] * 3 + ["---:"] * (len(header) - 3)) + "|",
+    ]
+    for row in table.rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(row)) + " |")
+    lines += ["", _legend(table)]
+    if table.notes:
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def render_rich(table: ComparisonTable) -> Table:
+    """The comparison as a ``rich`` table for the terminal (legend and notes in the caption)."""
+    out = Table(title=f"Comparison ({table.scorer})", caption="\n".join([_legend(table), *table.notes]))
+    for i, c in enumerate(COLUMNS):
+        # Text columns fold rather than vanish on a narrow terminal; numbers wrap at " ± ".
+        out.add_column(_SHORT_HEADERS[c], justify="left" if i < 3 else "right", min_width=4, overflow="fold")
+    for row in table.rows:
+        out.add_row(*_cells(row))
+    return out
+
+
+def write_comparison(table: ComparisonTable, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``compare.md`` and ``compare.json`` into ``out_dir`` (atomically); return both paths."""
+    out_dir = Path(out_dir)
+    md, js = out_dir / COMPARE_MD, out_dir / COMPARE_JSON
+    atomic_write_text(md, render_markdown(table))
+    atomic_write_json(js, table.to_dict())
+    return md, js

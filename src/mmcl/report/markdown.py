@@ -1,0 +1,285 @@
+"""``report.md`` for one run: metric table, task legend, accuracy matrices, heatmaps, cost.
+
+Scores are stored in [0, 1] and shown ×100 with one decimal; ``–`` marks a missing value
+(a metric that cannot be computed, or a task that does not declare that scorer). Tasks
+are labelled T1..Tn in matrix columns and heatmaps, with a legend mapping T-number to name.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from mmcl.report.results import (
+    row_labels,
+    track_matrix,
+    track_metrics,
+    track_names,
+    track_task_indices,
+    track_zero_shot,
+)
+from mmcl.utils.io import atomic_write_bytes, atomic_write_text
+
+REPORT_FILE = "report.md"
+MISSING = "–"
+METRIC_COLUMNS = (
+    ("last", "last"),
+    ("average", "average"),
+    ("mft", "MFT"),
+    ("bwt", "BWT"),
+    ("fwt", "FWT"),
+    ("forgetting", "forgetting"),
+)
+_METRIC_HELP = (
+    "last = mean score on every task after the final stage; "
+    "average = mean over stages of the mean score on the tasks seen so far; "
+    "MFT = mean score on each task right after training it; "
+    "BWT = mean change on earlier tasks between learning them and the end (negative = forgetting); "
+    "FWT = mean gain on each next task before training it, over its zero-shot score; "
+    "forgetting = mean drop from the best score after learning a task to the final score."
+)
+
+
+def fmt_score(v: float | None) -> str:
+    """A [0, 1] score as ×100 with one decimal, or ``–`` for None."""
+    return MISSING if v is None else f"{100 * float(v):.1f}"
+
+
+def task_label(j: int) -> str:
+    """Short column label of the j-th task (0-based): ``T1``, ``T2``..."""
+    return f"T{j + 1}"
+
+
+def heatmap_filename(track: str) -> str:
+    """``heatmap-<track>.png``, with characters unsafe in a file name or link replaced by ``_``."""
+    return f"heatmap-{re.sub(r'[^A-Za-z0-9_.-]', '_', track)}.png"
+
+
+def _esc(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "r") -> str:
+    lines = ["| " + " | ".join(_esc(h) for h in header) + " |"]
+    lines.append("|" + "|".join([":---"] + [("---:" if align == "r" else ":---")] * (len(header) - 1)) + "|")
+    lines += ["| " + " | ".join(_esc(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plot_heatmap(
+    matrix: Sequence[Sequence[float | None]],
+    tasks: Sequence[str],
+    path: str | Path,
+    title: str,
+    zero_shot: Sequence[float | None] | None = None,
+    row_labels: Sequence[str] | None = None,
+) -> Path:
+    """Draw an accuracy matrix as an annotated heatmap PNG (atomic write) and return its path.
+
+    Rows are stages (``row_labels``, default "after T1"...), columns tasks (T1..Tn); an
+    optional zero-shot row goes on top. Cells show the score ×100; null cells are left
+    blank; for a T x T matrix the diagonal cells (score right after training that task)
+    are outlined. The figure grows with the task count.
+    """
+    n_tasks = len(tasks)
+    labels = (
+        list(row_labels) if row_labels is not None else [f"after {task_label(t)}" for t in range(len(matrix))]
+    )
+    rows: list[Sequence[float | None]] = list(matrix)
+    offset = 0
+    if zero_shot is not None:
+        rows = [zero_shot, *rows]
+        labels = ["zero-shot", *labels]
+        offset = 1
+    data = np.array([[np.nan if v is None else 100.0 * float(v) for v in r] for r in rows], dtype=float)
+    data = data.reshape(len(rows), n_tasks)
+    masked = np.ma.masked_invalid(data)
+
+    cell = 0.75 if n_tasks <= 8 else 0.55 if n_tasks <= 14 else 0.5
+    font = 9 if n_tasks <= 8 else 7 if n_tasks <= 14 else 6
+    fig = Figure(figsize=(n_tasks * cell + 2.8, max(len(rows), 1) * cell + 1.6), layout="constrained")
+    ax = fig.add_subplot()
+    norm = Normalize(vmin=0.0, vmax=100.0)
+    cmap = colormaps["viridis"].with_extremes(bad="white")
+    im = ax.imshow(masked, cmap=cmap, norm=norm, aspect="auto")
+    for i in range(data.shape[0]):
+        for j in range(n_tasks):
+            v = data[i, j]
+            if np.isnan(v):
+                continue
+            r, g, b, _ = cmap(norm(v))
+            color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=font, color=color)
+    for t in range(n_tasks if len(matrix) == n_tasks else 0):
+        ax.add_patch(
+            Rectangle((t - 0.5, t + offset - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.2)
+        )
+    if offset:
+        ax.axhline(0.5, color="black", linewidth=1.0)
+    ax.set_xticks(range(n_tasks), [task_label(j) for j in range(n_tasks)], fontsize=font + 1)
+    ax.set_yticks(range(len(rows)), labels, fontsize=font + 1)
+    ax.xaxis.tick_top()
+    ax.xaxis.set_label_position("top")
+    ax.set_xlabel("evaluated task", fontsize=font + 2)
+    ax.set_ylabel("stage (after training)", fontsize=font + 2)
+    ax.set_title(title, fontsize=font + 3)
+    fig.colorbar(im, ax=ax, label="score ×100", shrink=0.9)
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _fmt_seconds(s: float) -> str:
+    s = float(s)
+    if s < 60:
+        return f"{s:.1f} s"
+    m, sec = divmod(int(round(s)), 60)
+    h, m = divmod(m, 60)
+    return f"{s:.1f} s ({h}:{m:02d}:{sec:02d})"
+
+
+def _fmt_cost(key: str, v: Any) -> str:
+    if v is None:
+        return MISSING
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if key.endswith("_seconds"):
+        return _fmt_seconds(v)
+    if key.endswith("_mb"):
+        return f"{float(v):,.1f} MB"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:,.4g}"
+
+
+def _metrics_section(results: dict[str, Any]) -> str:
+    n = len(results["tasks"])
+    rows = []
+    for track in track_names(results):
+        m = track_metrics(results, track)
+        used = len(track_task_indices(results, track))
+        rows.append([f"`{track}`", f"{used}/{n}", *(fmt_score(m.get(k)) for k, _ in METRIC_COLUMNS)])
+    header = ["track", "tasks", *(label for _, label in METRIC_COLUMNS)]
+    note = (
+        "Scores ×100. `primary` uses each task's first declared scorer; a scorer track is "
+        "computed over the tasks scored in every evaluated stage (column *tasks*). "
+        f"`{MISSING}` = not computable (e.g. FWT without zero-shot scores; a run with one "
+        "evaluated row, such as joint training or zero-shot only, has only *last*).\n\n" + _METRIC_HELP
+    )
+    return "## Metrics\n\n" + _table(header, rows) + "\n\n" + note
+
+
+def _tasks_section(results: dict[str, Any]) -> str:
+    declared = results.get("scorers") or {}
+    rows = [
+        [task_label(j), f"`{t}`", ", ".join(declared.get(t, [])) or MISSING]
+        for j, t in enumerate(results["tasks"])
+    ]
+    return "## Tasks\n\nIn stream order; the first scorer of a task is its primary one.\n\n" + _table(
+        ["", "task", "scorers"], rows, align="l"
+    )
+
+
+def _matrix_section(run_dir: Path, results: dict[str, Any], heatmaps: bool) -> str:
+    tasks = results["tasks"]
+    labels = row_labels(results)
+    short = {f"after {t}": f"after {task_label(j)}" for j, t in enumerate(tasks)}
+    parts = [
+        "## Accuracy matrices\n\n"
+        "Row *after X* = scores on every task (columns, see Tasks) after training X; "
+        "the diagonal is each task right after it was learned, cells right of it are future tasks. "
+        f"`{MISSING}` = no score (the task does not declare this scorer, or the cell was not evaluated)."
+    ]
+    for track in track_names(results):
+        rows_m = track_matrix(results, track)
+        zero_shot = track_zero_shot(results, track)
+        body = []
+        if zero_shot is not None:
+            body.append(["zero-shot", *(fmt_score(v) for v in zero_shot)])
+        body += [[label, *(fmt_score(v) for v in row)] for label, row in zip(labels, rows_m, strict=True)]
+        section = f"### `{track}`\n\n"
+        if heatmaps and rows_m:
+            name = heatmap_filename(track)
+            plot_heatmap(
+                rows_m,
+                tasks,
+                run_dir / name,
+                f"{results['name']}: {track} (×100)",
+                zero_shot=zero_shot,
+                row_labels=[short.get(x, x) for x in labels],
+            )
+            section += f"![{track} heatmap]({name})\n\n"
+        section += (
+            _table(["", *(task_label(j) for j in range(len(tasks)))], body)
+            if body
+            else "No stage evaluated yet."
+        )
+        parts.append(section)
+    return "\n\n".join(parts)
+
+
+def _cost_section(results: dict[str, Any]) -> str:
+    cost = results.get("cost") or {}
+    if not cost:
+        return "## Cost\n\nNot recorded."
+    labels = {
+        "trainable_params": "trainable parameters",
+        "train_seconds": "training time",
+        "eval_seconds": "evaluation time",
+        "peak_memory_mb": "peak memory",
+    }
+    rows = [[labels.get(k, k.replace("_", " ")), _fmt_cost(k, v)] for k, v in cost.items()]
+    return "## Cost\n\n" + _table(["", "value"], rows, align="l")
+
+
+def render_report(run_dir: str | Path, results: dict[str, Any], heatmaps: bool = True) -> str:
+    """The Markdown text of report.md; with ``heatmaps`` also writes the heatmap PNGs into ``run_dir``."""
+    run_dir = Path(run_dir)
+    n = len(results["tasks"])
+    done = results.get("stages_complete", MISSING)
+    head = [
+        f"# {_esc(results['name'])}: `{results['method']}` on `{results['benchmark']}` (seed {results['seed']})",
+        "",
+        _table(
+            ["", ""],
+            [
+                ["run", f"`{results['name']}`"],
+                ["benchmark", f"`{results['benchmark']}`"],
+                ["method", f"`{results['method']}`"],
+                ["seed", str(results["seed"])],
+                ["model", _esc(results.get("model", MISSING))],
+                ["tasks", str(n)],
+                ["stages complete", str(done)],
+                ["mmcl version", str(results.get("mmcl_version", MISSING))],
+            ],
+            align="l",
+        ),
+    ]
+    sections = [
+        "\n".join(head),
+        _metrics_section(results),
+        _tasks_section(results),
+        _matrix_section(run_dir, results, heatmaps),
+        _cost_section(results),
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def write_report(run_dir: str | Path, results: dict[str, Any]) -> Path:
+    """Write ``RUN_DIR/report.md`` and one ``heatmap-<track>.png`` per matrix track; return the report path."""
+    run_dir = Path(run_dir)
+    path = run_dir / REPORT_FILE
+    atomic_write_text(path, render_report(run_dir, results))
+    return path

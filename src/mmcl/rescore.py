@@ -1,0 +1,150 @@
+"""Re-score a finished run's saved predictions with another scorer, without re-running the model.
+
+``mmcl rescore RUN_DIR --scorer relaxed_numeric`` answers "how much of my exact-match
+score was "3" vs "3.0"?": every saved prediction is scored again, the per-task means
+fill ``matrix[scorer]`` (every task, declared or not: the user asked for this scorer),
+and results.json, matrix.csv and report.md are rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mmcl.data.errors import DataError, DataProblem
+from mmcl.eval.scorers import Scorer, get_scorer
+from mmcl.report.markdown import write_report
+from mmcl.report.results import RESULTS_FILE, load_results, row_labels, track_metrics, write_matrix_csv
+from mmcl.utils.io import atomic_write_json, atomic_write_text
+
+PREDICTIONS_DIR = "predictions"
+ZERO_SHOT_STAGE = "zero-shot"
+
+
+def stage_dir_name(stage: int) -> str:
+    """Directory name of stage ``stage`` (1-based) under ``predictions/``: ``stage-01``..."""
+    return f"stage-{stage:02d}"
+
+
+def _read_predictions(path: Path, problems: list[DataProblem]) -> list[dict[str, Any]]:
+    """The prediction lines of one file; bad lines are added to ``problems`` (file, line, field)."""
+    rows: list[dict[str, Any]] = []
+    name = str(path)
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(DataProblem(name, f"not valid JSON: {e.msg}", item=i, line=True))
+            continue
+        if not isinstance(row, dict):
+            problems.append(DataProblem(name, "expected a JSON object", item=i, line=True))
+            continue
+        if not isinstance(row.get("prediction"), str):
+            problems.append(
+                DataProblem(name, "missing or not a string", item=i, field="prediction", line=True)
+            )
+            continue
+        answers = row.get("answers")
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            problems.append(
+                DataProblem(name, "must be a non-empty list of strings", item=i, field="answers", line=True)
+            )
+            continue
+        rows.append(row)
+    if not rows and not any(p.file == name for p in problems):
+        problems.append(DataProblem(name, "holds no predictions"))
+    return rows
+
+
+def _score_rows(rows: list[dict[str, Any]], scorer_name: str, fn: Scorer) -> float:
+    """Score each prediction line in place (``scores[scorer_name]``) and return the mean."""
+    for row in rows:
+        scores = row.get("scores")
+        if not isinstance(scores, dict):
+            scores = row["scores"] = {}
+        scores[scorer_name] = float(fn(row["prediction"], row["answers"]))
+    return sum(r["scores"][scorer_name] for r in rows) / len(rows)
+
+
+def rescore_run(run_dir: str | Path, scorer: str) -> dict[str, Any]:
+    """Score every saved prediction of a run with ``scorer`` and add (or replace) that track.
+
+    Reads ``predictions/stage-KK/<task>.jsonl`` for every evaluated stage (and
+    ``predictions/zero-shot/`` when the run has zero-shot scores), sets
+    ``matrix[scorer]`` (and ``zero_shot[scorer]``) to the per-task mean score, for every
+    task, recomputes ``metrics[scorer]``, and rewrites results.json (other tracks kept),
+    matrix.csv and report.md. Each prediction line also gets ``scores[scorer]``.
+    A cell counts as evaluated when its primary score is non-null or its predictions file
+    exists; cells not evaluated stay null.
+
+    Raises ``UnknownNameError`` (listing valid scorers) for an unknown ``scorer``,
+    ``ResultsError`` for a bad run directory, ``FileNotFoundError`` naming every missing
+    stage/task predictions file, and ``DataError`` (file, line, field) for malformed lines.
+    Returns the updated results.
+    """
+    fn = get_scorer(scorer)
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    tasks: list[str] = results["tasks"]
+    primary = results["matrix"]["primary"]
+    pred_root = run_dir / PREDICTIONS_DIR
+
+    # (row index or None for zero-shot, task index, stage dir name)
+    cells: list[tuple[int | None, int, str]] = []
+    missing: list[str] = []
+    zero_primary = (results.get("zero_shot") or {}).get("primary")
+    zs_dir = pred_root / ZERO_SHOT_STAGE
+    if zero_primary is not None or zs_dir.is_dir():
+        for j, task in enumerate(tasks):
+            exists = (zs_dir / f"{task}.jsonl").is_file()
+            if exists or (zero_primary is not None and zero_primary[j] is not None):
+                cells.append((None, j, ZERO_SHOT_STAGE))
+    for t, label in enumerate(row_labels(results)):
+        # A zero-shot-only run keeps its one row in predictions/zero-shot/.
+        stage = ZERO_SHOT_STAGE if label == ZERO_SHOT_STAGE else stage_dir_name(t + 1)
+        for j, task in enumerate(tasks):
+            if primary[t][j] is not None or (pred_root / stage / f"{task}.jsonl").is_file():
+                cells.append((t, j, stage))
+    for _, j, stage in cells:
+        if not (pred_root / stage / f"{tasks[j]}.jsonl").is_file():
+            missing.append(f"stage {stage}, task {tasks[j]} ({pred_root / stage / (tasks[j] + '.jsonl')})")
+    if missing:
+        shown = "\n".join(f"  - {m}" for m in missing[:20])
+        more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+        raise FileNotFoundError(
+            f"cannot rescore {run_dir}: predictions missing for {len(missing)} evaluated cell(s) "
+            f"(was the run made with eval.save_predictions=false?):\n{shown}{more}"
+        )
+
+    # Read and check every file before scoring or writing anything.
+    problems: list[DataProblem] = []
+    loaded = []
+    for t, j, stage in cells:
+        path = pred_root / stage / f"{tasks[j]}.jsonl"
+        loaded.append((t, j, path, _read_predictions(path, problems)))
+    if problems:
+        raise DataError(problems)
+
+    n = len(tasks)
+    matrix: list[list[float | None]] = [[None] * n for _ in primary]
+    zero_shot: list[float | None] | None = None
+    for t, j, path, rows in loaded:
+        value = _score_rows(rows, scorer, fn)
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        if t is None:
+            zero_shot = zero_shot or [None] * n
+            zero_shot[j] = value
+        else:
+            matrix[t][j] = value
+
+    results["matrix"][scorer] = matrix
+    if zero_shot is not None:
+        results.setdefault("zero_shot", {})[scorer] = zero_shot
+    results.setdefault("metrics", {})[scorer] = track_metrics(results, scorer)
+    atomic_write_json(run_dir / RESULTS_FILE, results)
+    write_matrix_csv(run_dir, results)
+    write_report(run_dir, results)
+    return results

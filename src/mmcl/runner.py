@@ -1,0 +1,396 @@
+"""One continual-learning run: stages of train -> evaluate every task, then metrics and report.
+
+Output directory layout::
+
+    config.yaml                      the resolved config
+    results.json                     tasks, matrices per scorer track, zero-shot row, metrics, cost
+    matrix.csv                       the matrices as CSV
+    predictions/zero-shot/<task>.jsonl, predictions/stage-XX/<task>.jsonl
+    stages/stage-XX.json             stage-complete markers (written last, atomically)
+    report.md, heatmap-<track>.png
+
+Every file is written atomically (temporary file, fsync, rename).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+import mmcl
+from mmcl.benchmarks.builtin import build_benchmark
+from mmcl.config import RunConfig, to_yaml
+from mmcl.data.sample import Benchmark, Task
+from mmcl.eval.evaluator import TaskResult, evaluate_task
+from mmcl.methods import METHODS, Method, RunContext, build_method
+from mmcl.methods.base import count_trainable
+from mmcl.models.loader import load_model
+from mmcl.report.results import compute_track_metrics
+from mmcl.train.encode import Encoded, Encoder
+from mmcl.train.loop import num_update_steps, train_on
+from mmcl.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+
+PRIMARY = "primary"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def default_output_dir(cfg: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{cfg.name}-{cfg.benchmark.name}-{cfg.method.name}-s{cfg.seed}"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+@dataclass
+class Plan:
+    """What a run will do (printed by --dry-run)."""
+
+    tasks: list[dict[str, Any]]
+    method: str
+    schedule: str
+    trainable_params: int
+    total_params: int
+    model_source: str
+    stages: int
+    eval_cells: int
+
+
+@dataclass
+class RunState:
+    """Rows of results collected so far."""
+
+    stage_names: list[str] = field(default_factory=list)
+    rows: dict[str, list[list[float | None]]] = field(default_factory=dict)
+    zero_shot: dict[str, list[float | None]] | None = None
+    stage_stats: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+
+class Runner:
+    """Builds everything from a RunConfig and runs the stream."""
+
+    def __init__(self, cfg: RunConfig, output_dir: str | Path | None = None, console: Console | None = None):
+        self.cfg = cfg
+        self.console = console or Console(stderr=True)
+        self.output_dir = Path(output_dir or cfg.output.dir or default_output_dir(cfg))
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        seed_everything(cfg.seed)
+        self.accelerator = Accelerator(
+            mixed_precision=self._mixed_precision(), cpu=not torch.cuda.is_available()
+        )
+        self.device = self.accelerator.device
+        # cheap checks first: method name and options, then data, then the model
+        method_cls = METHODS.get(cfg.method.name)
+        method_cls.parse_options(cfg.method.options())
+        self.benchmark: Benchmark = build_benchmark(cfg)
+        self.bundle = load_model(cfg.model)
+        self.bundle.model.to(self.device)
+        self.ctx = RunContext(cfg, self.bundle, self.benchmark, self.device, cfg.seed)
+        self.method: Method = build_method(self.ctx)
+        self._check_distributed()
+        seed_everything(cfg.seed)
+        self.model = self.method.setup(self.bundle.model)
+        self.encoder = Encoder(self.bundle.processor)
+        self._test_cache: dict[str, list[Encoded]] = {}
+
+    # ------------------------------------------------------------------ setup
+    def _mixed_precision(self) -> str:
+        mp = self.cfg.train.mixed_precision
+        if mp == "auto":
+            return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        return mp
+
+    def _check_distributed(self) -> None:
+        n = self.accelerator.num_processes
+        dtype = str(self.accelerator.distributed_type).lower()
+        setting = None
+        if "deepspeed" in dtype:
+            stage = self.accelerator.state.deepspeed_plugin.zero_stage
+            setting = f"zero{stage}"
+        elif "fsdp" in dtype:
+            setting = "fsdp"
+        elif n > 1:
+            setting = "ddp"
+        if setting and setting not in self.method.supports:
+            raise RuntimeError(
+                f"method {self.method.name!r} does not support {setting.upper()} "
+                f"(supported: {', '.join(sorted(self.method.supports)) or 'single process only'})"
+            )
+
+    def plan(self) -> Plan:
+        tasks = [
+            {
+                "name": t.name,
+                "train": len(t.train),
+                "test": len(t.test),
+                "scorers": t.scorers,
+                "steps": num_update_steps(len(t.train), self.cfg.train, self.accelerator.num_processes),
+            }
+            for t in self.benchmark.tasks
+        ]
+        T = len(self.benchmark.tasks)
+        schedule = self.method.schedule
+        stages = {"sequential": T, "joint": 1, "none": 0}[schedule]
+        rows = stages if schedule != "sequential" or self.cfg.eval.full_matrix else T * (T + 1) // 2
+        eval_cells = (rows if schedule == "sequential" else stages) * (T if self.cfg.eval.full_matrix else 1)
+        if self.cfg.eval.zero_shot or schedule == "none":
+            eval_cells += T
+        return Plan(
+            tasks=tasks,
+            method=self.method.name,
+            schedule=schedule,
+            trainable_params=count_trainable(self.model),
+            total_params=sum(p.numel() for p in self.model.parameters()),
+            model_source=self.bundle.source,
+            stages=stages,
+            eval_cells=eval_cells,
+        )
+
+    def dry_run(self) -> Plan:
+        """Validate config, data and model without training: encode one sample of every task."""
+        for t in self.benchmark.tasks:
+            for split, samples in (("train", t.train), ("test", t.test)):
+                if samples:
+                    try:
+                        self.encoder.encode(samples[:1], with_answer=(split == "train"))
+                    except Exception as e:
+                        raise RuntimeError(f"task {t.name!r} ({split}): cannot encode a sample: {e}") from e
+        return self.plan()
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> Path:
+        out = self.output_dir
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "config.yaml", to_yaml(self.cfg))
+        except OSError as e:
+            raise OSError(f"output directory {out} is not writable: {e}") from None
+        state = RunState()
+        tasks = self.benchmark.tasks
+        schedule = self.method.schedule
+        with self._progress() as progress:
+            self.progress = progress
+            if self.cfg.eval.zero_shot or schedule == "none":
+                with self._base_model():
+                    row = self._evaluate_all("zero-shot", tasks)
+                state.zero_shot = self._row_to_tracks(row)
+                self._log_stage("zero-shot", None, row, state)
+            if schedule == "sequential":
+                for t, task in enumerate(tasks):
+                    self._train_stage(t, task, state)
+                    seen = tasks if self.cfg.eval.full_matrix else tasks[: t + 1]
+                    row = self._evaluate_all(f"stage-{t + 1:02d}", seen)
+                    self._add_row(state, f"after {task.name}", row)
+                    self._finish_stage(t, task, row, state)
+            elif schedule == "joint":
+                self._train_stage(0, tasks[0], state, label="joint")
+                row = self._evaluate_all("stage-01", tasks)
+                self._add_row(state, "after joint training", row)
+                self._finish_stage(0, None, row, state)
+            else:
+                state.stage_names.append("zero-shot")
+                for track, values in (state.zero_shot or {}).items():
+                    state.rows.setdefault(track, []).append(list(values))
+        results = self._results(state)
+        atomic_write_json(out / "results.json", results)
+        self._write_tables(results)
+        return out
+
+    class _NullCtx:
+        def __enter__(self) -> None:
+            return None
+
+        def __exit__(self, *a: object) -> None:
+            return None
+
+    def _base_model(self):
+        """Context in which the model behaves as the untrained base (adapters disabled)."""
+        disable = getattr(self.method.model, "disable_adapter", None)
+        return disable() if callable(disable) else self._NullCtx()
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=self.console,
+            transient=True,
+            disable=not self.console.is_terminal,
+        )
+
+    def _train_stage(self, t: int, task: Task, state: RunState, label: str | None = None) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed * 7919 + t)
+        self.method.before_task(t, task)
+        samples = self.method.train_samples(t, task)
+        if not samples:
+            raise ValueError(f"task {task.name!r} has no training samples")
+        encoded = self.encoder.encode(samples, with_answer=True)
+        steps = num_update_steps(len(encoded), cfg.train, self.accelerator.num_processes)
+        bar = self.progress.add_task(f"train {label or task.name}", total=steps, info="")
+
+        def on_step(step: int, loss: float) -> None:
+            self.progress.update(bar, completed=step, info=f"loss {loss:.3f}")
+
+        stats = train_on(
+            self.method, encoded, cfg.train, self.accelerator, t, cfg.seed,
+            self.bundle.tokenizer.pad_token_id, on_step,
+        )
+        self.progress.remove_task(bar)
+        self.method.after_task(t, task)
+        state.train_seconds += stats.seconds
+        state.stage_stats.append(
+            {
+                "stage": t + 1,
+                "task": label or task.name,
+                "train_samples": len(encoded),
+                "steps": stats.steps,
+                "train_seconds": round(stats.seconds, 3),
+                "final_loss": stats.final_loss,
+                "mean_loss": stats.mean_loss,
+                "tokens": stats.tokens,
+                "trainable_params": count_trainable(self.method.model),
+            }
+        )
+
+    def _encoded_test(self, task: Task) -> list[Encoded]:
+        if task.name not in self._test_cache:
+            self._test_cache[task.name] = self.encoder.encode(task.test, with_answer=False)
+        return self._test_cache[task.name]
+
+    def _evaluate_all(self, stage_dir: str, tasks: list[Task]) -> dict[str, TaskResult]:
+        t0 = time.perf_counter()
+        total = sum(len(t.test) for t in tasks)
+        bar = self.progress.add_task(f"eval {stage_dir}", total=total, info="")
+        results: dict[str, TaskResult] = {}
+        for task in tasks:
+            res = evaluate_task(
+                self.method,
+                task,
+                self._encoded_test(task),
+                self.bundle.tokenizer,
+                batch_size=self.cfg.eval.batch_size,
+                max_new_tokens=self.cfg.eval.max_new_tokens,
+                device=self.device,
+                on_batch=lambda n: self.progress.advance(bar, n),
+            )
+            results[task.name] = res
+            if self.cfg.eval.save_predictions:
+                atomic_write_jsonl(self.output_dir / "predictions" / stage_dir / f"{task.name}.jsonl", res.predictions)
+        self.progress.remove_task(bar)
+        self._eval_seconds = getattr(self, "_eval_seconds", 0.0) + time.perf_counter() - t0
+        return results
+
+    def _row_to_tracks(self, row: dict[str, TaskResult]) -> dict[str, list[float | None]]:
+        tracks: dict[str, list[float | None]] = {PRIMARY: []}
+        for s in self.benchmark.scorer_names:
+            tracks[s] = []
+        for task in self.benchmark.tasks:
+            res = row.get(task.name)
+            tracks[PRIMARY].append(res.scores[task.primary_scorer] if res else None)
+            for s in self.benchmark.scorer_names:
+                tracks[s].append(res.scores.get(s) if res else None)
+        return tracks
+
+    def _add_row(self, state: RunState, name: str, row: dict[str, TaskResult]) -> None:
+        state.stage_names.append(name)
+        for track, values in self._row_to_tracks(row).items():
+            state.rows.setdefault(track, []).append(values)
+
+    def _finish_stage(self, t: int, task: Task | None, row: dict[str, TaskResult], state: RunState) -> None:
+        marker = {
+            "stage": t + 1,
+            "task": task.name if task else "joint",
+            "scores": {k: v.scores for k, v in row.items()},
+            "stats": state.stage_stats[-1] if state.stage_stats else {},
+            "time": datetime.now().isoformat(timespec="seconds"),
+        }
+        atomic_write_json(self.output_dir / "stages" / f"stage-{t + 1:02d}.json", marker)
+        self._log_stage(f"stage {t + 1}/{len(self.benchmark.tasks)}", task, row, state)
+
+    def _log_stage(self, label: str, task: Task | None, row: dict[str, TaskResult], state: RunState) -> None:
+        tasks = self.benchmark.tasks
+        prim = [row[t.name].scores[t.primary_scorer] for t in tasks if t.name in row]
+        msg = f"{label}"
+        if task is not None:
+            idx = tasks.index(task)
+            seen = [row[t.name].scores[t.primary_scorer] for t in tasks[: idx + 1] if t.name in row]
+            stats = state.stage_stats[-1]
+            msg += (
+                f" [cyan]{task.name}[/]: loss {stats['final_loss']:.3f}, {stats['train_seconds']:.0f}s train; "
+                f"this task {row[task.name].scores[task.primary_scorer]:.3f}, seen mean {np.mean(seen):.3f}"
+            )
+        msg += f", all-task mean {np.mean(prim):.3f}"
+        self.console.print(msg)
+
+    # ------------------------------------------------------------------ results
+    def _results(self, state: RunState) -> dict[str, Any]:
+        tasks = self.benchmark.tasks
+        matrix = state.rows
+        metrics = {
+            track: compute_track_metrics(rows, (state.zero_shot or {}).get(track))
+            for track, rows in matrix.items()
+        }
+        cost = {
+            "trainable_params": count_trainable(self.method.model),
+            "total_params": sum(p.numel() for p in self.method.model.parameters()),
+            "train_seconds": round(state.train_seconds, 3),
+            "eval_seconds": round(getattr(self, "_eval_seconds", 0.0), 3),
+            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+            "device": str(self.device),
+            "num_processes": self.accelerator.num_processes,
+            "torch_threads": torch.get_num_threads(),
+            **self.method.cost(),
+        }
+        return {
+            "mmcl_version": mmcl.__version__,
+            "name": self.cfg.name,
+            "benchmark": self.benchmark.name,
+            "method": self.method.name,
+            "seed": self.cfg.seed,
+            "model": self.bundle.source,
+            "tasks": [t.name for t in tasks],
+            "scorers": {t.name: t.scorers for t in tasks},
+            "scenarios": {t.name: t.scenario for t in tasks},
+            "stages": state.stage_names,
+            "matrix": matrix,
+            "zero_shot": state.zero_shot,
+            "metrics": metrics,
+            "cost": cost,
+            "stage_stats": state.stage_stats,
+            "stages_complete": len(state.stage_stats),
+            "host": {"hostname": os.uname().nodename, "torch": torch.__version__},
+        }
+
+    def _write_tables(self, results: dict[str, Any]) -> None:
+        from mmcl.report.markdown import write_report
+        from mmcl.report.results import write_matrix_csv
+
+        write_matrix_csv(self.output_dir, results)
+        if self.cfg.output.report:
+            write_report(self.output_dir, results)

@@ -1,0 +1,1 @@
+"""The shared training loop and the encoding of samples into model inputs."""

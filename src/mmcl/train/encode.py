@@ -1,0 +1,127 @@
+"""Turn Samples into model inputs through the model's own processor and chat template.
+
+Training examples are ``prompt + " " + answer + eos`` with the loss on the answer only
+(and the eos); prompts for generation stop at the assistant prefix. Vision inputs
+(``pixel_values`` and whatever else a processor returns, e.g. Qwen2-VL's
+``image_grid_thw``) are kept per sample and concatenated along dim 0 when batching.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from mmcl.data.sample import Sample
+from mmcl.models.chat import answer_text, build_prompt
+
+IGNORE_INDEX = -100
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+
+
+@dataclass
+class Encoded:
+    """One encoded sample."""
+
+    input_ids: torch.Tensor  # 1-D, prompt (+ answer + eos when training)
+    labels: torch.Tensor | None  # 1-D, IGNORE_INDEX on the prompt
+    prompt_len: int
+    vision: dict[str, torch.Tensor] = field(default_factory=dict)
+    index: int = 0  # position in the list that was encoded
+
+
+class Encoder:
+    """Encodes samples with a processor; ``chunk`` samples per processor call."""
+
+    def __init__(self, processor: Any, chunk: int = 64) -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.chunk = chunk
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set one before training")
+
+    def encode(self, samples: Sequence[Sample], with_answer: bool) -> list[Encoded]:
+        out: list[Encoded | None] = [None] * len(samples)
+        with_img = [i for i, s in enumerate(samples) if s.image is not None]
+        without = [i for i, s in enumerate(samples) if s.image is None]
+        for group, has_image in ((with_img, True), (without, False)):
+            for start in range(0, len(group), self.chunk):
+                idx = group[start : start + self.chunk]
+                for i, enc in zip(idx, self._encode_chunk([samples[i] for i in idx], has_image, with_answer), strict=True):
+                    enc.index = i
+                    out[i] = enc
+        return [e for e in out if e is not None]
+
+    def _encode_chunk(self, samples: list[Sample], has_image: bool, with_answer: bool) -> list[Encoded]:
+        prompts = [build_prompt(self.processor, s, with_image=has_image) for s in samples]
+        kwargs: dict[str, Any] = {"text": prompts, "return_tensors": "pt", "padding": True}
+        if has_image:
+            kwargs["images"] = [s.load_image() for s in samples]
+        batch = self.processor(**kwargs)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        vision = {k: v for k, v in batch.items() if k not in TEXT_KEYS and isinstance(v, torch.Tensor)}
+        per_sample_vision = self._split_vision(vision, len(samples))
+        eos = self.tokenizer.eos_token_id
+        result = []
+        for i, s in enumerate(samples):
+            prompt = ids[i][mask[i].bool()]
+            if with_answer:
+                ans = self.tokenizer(answer_text(s.answers[0]), add_special_tokens=False)["input_ids"]
+                ans_t = torch.tensor([*ans, eos], dtype=prompt.dtype)
+                full = torch.cat([prompt, ans_t])
+                labels = torch.cat([torch.full_like(prompt, IGNORE_INDEX), ans_t])
+            else:
+                full, labels = prompt, None
+            result.append(Encoded(full, labels, int(prompt.numel()), per_sample_vision[i]))
+        return result
+
+    @staticmethod
+    def _split_vision(vision: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tensor]]:
+        """Split batched vision tensors per sample (one image per sample)."""
+        per: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
+        for k, v in vision.items():
+            if v.shape[0] == n:
+                for i in range(n):
+                    per[i][k] = v[i : i + 1]
+            elif "image_grid_thw" in vision and k == "pixel_values":
+                # packed patches (Qwen2-VL style): split by each image's patch count
+                counts = vision["image_grid_thw"].prod(-1).tolist()
+                for i, part in enumerate(torch.split(v, counts)):
+                    per[i][k] = part
+            else:
+                raise ValueError(f"cannot split processor output {k!r} of shape {tuple(v.shape)} over {n} samples")
+        return per
+
+
+def _stack_vision(batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+    keys = {k for e in batch for k in e.vision}
+    return {k: torch.cat([e.vision[k] for e in batch if k in e.vision]) for k in sorted(keys)}
+
+
+def collate_train(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded training batch with labels."""
+    n = max(e.input_ids.numel() for e in batch)
+    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    for i, e in enumerate(batch):
+        L = e.input_ids.numel()
+        ids[i, :L] = e.input_ids
+        mask[i, :L] = 1
+        if e.labels is not None:
+            labels[i, :L] = e.labels
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, **_stack_vision(batch)}
+
+
+def collate_prompts(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded prompt batch for generation."""
+    n = max(e.prompt_len for e in batch)
+    ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    for i, e in enumerate(batch):
+        L = e.prompt_len
+        ids[i, n - L :] = e.input_ids[:L]
+        mask[i, n - L :] = 1
+    return {"input_ids": ids, "attention_mask": mask, **_stack_vision(batch)}
