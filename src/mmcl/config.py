@@ -50,7 +50,8 @@ class ModelConfig(_Strict):
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0
-    lora_targets: list[str] | None = None  # None = the family's default (attention + MLP of the LM)
+    lora_targets: str | list[str] | None = None  # regex or names; None = the family's LM attention + MLP
+    lora_vision: bool = False  # also put LoRA on the vision encoder's attention + MLP
     train_projector: bool = False
 
 

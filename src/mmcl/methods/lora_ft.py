@@ -16,11 +16,16 @@ def lora_config(method: Method) -> LoraConfig:
     """The run's LoRA config for the model family (targets: the LM's linear layers by default)."""
     m = method.ctx.config.model
     fam = method.ctx.bundle.family
+    targets = m.lora_targets or fam.lora_targets
+    if m.lora_vision:
+        if not isinstance(targets, str):
+            raise ValueError("model.lora_vision needs model.lora_targets to be a regex (or unset)")
+        targets = f"(?:{targets})|(?:{fam.vision_lora_targets})"
     return LoraConfig(
         r=m.lora_rank,
         lora_alpha=m.lora_alpha,
         lora_dropout=m.lora_dropout,
-        target_modules=m.lora_targets or fam.lora_targets,
+        target_modules=targets,
         modules_to_save=[fam.projector.rsplit(".", 1)[-1]] if m.train_projector else None,
         task_type=None,
     )

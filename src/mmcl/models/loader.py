@@ -30,6 +30,7 @@ class Family:
     name: str
     model_class: str  # transformers class name
     lora_targets: str  # regex over module names: the language model's linear layers
+    vision_lora_targets: str  # regex over module names: the vision encoder's linear layers
     vision_blocks: str  # attribute path of the vision encoder's block list
     projector: str  # attribute path of the vision->language projector
 
@@ -39,6 +40,7 @@ FAMILIES: dict[str, Family] = {
         name="llava",
         model_class="LlavaForConditionalGeneration",
         lora_targets=r".*language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)",
+        vision_lora_targets=r".*vision_tower\.encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc\d)",
         vision_blocks="model.vision_tower.encoder.layers",
         projector="model.multi_modal_projector",
     ),
