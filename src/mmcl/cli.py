@@ -81,15 +81,17 @@ def pretrain(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to save the base (default: the shipped preset dir).")] = None,
     seed: int = 0,
     n_captions: Annotated[int, typer.Option(help="Synthetic image-caption pairs.")] = 4000,
-    epochs: float = 3.0,
+    epochs: float = 2.0,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps (for smoke tests).")] = None,
+    vision_steps: Annotated[int, typer.Option(help="Vision warm-up steps (per-patch colour/shape).")] = 600,
 ) -> None:
     """Build and pre-train the tiny LLaVA base on generic synthetic captions."""
     from mmcl.models.loader import ASSETS_DIR
     from mmcl.models.pretrain import pretrain as do_pretrain
 
     target = output or ASSETS_DIR / "tiny-llava"
-    do_pretrain(target, seed=seed, n_captions=n_captions, epochs=epochs, max_steps=max_steps, console=console)
+    do_pretrain(target, seed=seed, n_captions=n_captions, epochs=epochs, max_steps=max_steps,
+                vision_steps=vision_steps, console=console)
     out.print(str(target))
 
 
