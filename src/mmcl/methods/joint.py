@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-from peft import get_peft_model
-
 from mmcl.data.sample import Sample, Task
-from mmcl.methods.base import METHODS, Method, MethodOptions
-from mmcl.methods.lora_ft import lora_config
+from mmcl.methods.base import METHODS, MethodOptions
+from mmcl.methods.lora_ft import LoraFT
 
 
 class JointOptions(MethodOptions):
@@ -15,18 +12,12 @@ class JointOptions(MethodOptions):
 
 
 @METHODS.register("joint")
-class Joint(Method):
-    """Multi-task training on every task's training set at once; evaluated once, after training."""
+class Joint(LoraFT):
+    """Multi-task training (same LoRA as ``lora-ft``) on every task's training set at once; evaluated once."""
 
     name = "joint"
     Options = JointOptions
     schedule = "joint"
-    supports = frozenset({"ddp", "fsdp", "zero1", "zero2", "zero3"})
-
-    def setup(self, model: torch.nn.Module) -> torch.nn.Module:
-        torch.manual_seed(self.ctx.seed)
-        self.model = get_peft_model(model, lora_config(self))
-        return self.model
 
     def train_samples(self, stage: int, task: Task) -> list[Sample]:
         return [s for t in self.ctx.benchmark.tasks for s in t.train]
