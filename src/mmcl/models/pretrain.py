@@ -96,8 +96,8 @@ def pretrain_vision(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
     gen = torch.Generator().manual_seed(seed)
     tower.train()
-    loss_v, acc = float("nan"), 0.0
     nc = len(colours) + 1
+    loss = logits = y = None
     for _ in range(steps):
         idx = torch.randint(len(samples), (batch_size,), generator=gen)
         feats = tower(pixel_values=pixels[idx]).last_hidden_state[:, 1:]  # drop CLS
@@ -109,10 +109,13 @@ def pretrain_vision(
         opt.step()
         sched.step()
         opt.zero_grad()
-        loss_v = float(loss)
-        obj = y[..., 0] > 0
-        acc = float(((logits[..., :nc].argmax(-1) == y[..., 0]) & (logits[..., nc:].argmax(-1) == y[..., 1]))[obj].float().mean())
-    return {"vision_loss": loss_v, "vision_object_patch_accuracy": acc}
+    if loss is None:
+        return {"vision_loss": float("nan"), "vision_object_patch_accuracy": 0.0}
+    # figures of the last batch: its loss, and the share of object patches with both classes right
+    logits = logits.detach()
+    obj = y[..., 0] > 0
+    right = (logits[..., :nc].argmax(-1) == y[..., 0]) & (logits[..., nc:].argmax(-1) == y[..., 1])
+    return {"vision_loss": float(loss.detach()), "vision_object_patch_accuracy": float(right[obj].float().mean())}
 
 
 def pretrain(
