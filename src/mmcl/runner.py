@@ -88,6 +88,27 @@ class RunState:
     eval_seconds: float = 0.0
 
 
+def distributed_setting(accelerator: Accelerator) -> str | None:
+    """The distributed setting of this process group: ``ddp``, ``fsdp``, ``zero1..3``, or None (one process)."""
+    dtype = str(accelerator.distributed_type).lower()
+    if "deepspeed" in dtype:
+        return f"zero{accelerator.state.deepspeed_plugin.zero_stage}"
+    if "fsdp" in dtype:
+        return "fsdp"
+    if accelerator.num_processes > 1:
+        return "ddp"
+    return None
+
+
+def check_distributed_support(method_cls: type[Method], setting: str | None) -> None:
+    """Refuse a method under a distributed setting it does not declare in ``supports``."""
+    if setting and setting not in method_cls.supports:
+        raise RuntimeError(
+            f"method {method_cls.name!r} does not support {setting.upper()} "
+            f"(supported: {', '.join(sorted(method_cls.supports)) or 'single process only'})"
+        )
+
+
 class Runner:
     """Builds everything from a RunConfig and runs the stream."""
 
@@ -105,12 +126,12 @@ class Runner:
         # cheap checks first: method name and options, then data, then the model
         method_cls = METHODS.get(cfg.method.name)
         method_cls.parse_options(cfg.method.options())
+        check_distributed_support(method_cls, distributed_setting(self.accelerator))
         self.benchmark: Benchmark = build_benchmark(cfg)
         self.bundle = load_model(cfg.model)
         self.bundle.model.to(self.device)
         self.ctx = RunContext(cfg, self.bundle, self.benchmark, self.device, cfg.seed)
         self.method: Method = build_method(self.ctx)
-        self._check_distributed()
         seed_everything(cfg.seed)
         self.model = self.method.setup(self.bundle.model)
         self.encoder = Encoder(self.bundle.processor)
@@ -122,23 +143,6 @@ class Runner:
         if mp == "auto":
             return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         return mp
-
-    def _check_distributed(self) -> None:
-        n = self.accelerator.num_processes
-        dtype = str(self.accelerator.distributed_type).lower()
-        setting = None
-        if "deepspeed" in dtype:
-            stage = self.accelerator.state.deepspeed_plugin.zero_stage
-            setting = f"zero{stage}"
-        elif "fsdp" in dtype:
-            setting = "fsdp"
-        elif n > 1:
-            setting = "ddp"
-        if setting and setting not in self.method.supports:
-            raise RuntimeError(
-                f"method {self.method.name!r} does not support {setting.upper()} "
-                f"(supported: {', '.join(sorted(self.method.supports)) or 'single process only'})"
-            )
 
     def plan(self) -> Plan:
         tasks = [

@@ -1,0 +1,158 @@
+"""``lwf``: learning without forgetting (Li & Hoiem, 2017) by self-distillation from the previous stage.
+
+One LoRA adapter (``default``) is trained through the stream as in ``lora-ft``. Before
+every stage after the first, the current ``default`` weights are copied into a second,
+frozen LoRA adapter ``teacher`` on the *same* peft model (created once with the same
+``LoraConfig``), so the teacher costs one extra set of LoRA weights, not a second model.
+Each training step then adds
+
+    weight * T² * KL(softmax(teacher / T) || softmax(student / T))
+
+averaged over the answer-token positions of the batch (where the shifted labels are not
+``IGNORE_INDEX``), summed over the vocabulary. The teacher's logits come from a forward
+pass of the same model with the ``teacher`` adapter active, under ``torch.no_grad`` and
+in ``eval()`` (no dropout), on the very batch the student just saw: the new task's
+inputs, as in the original LwF, which has no access to old data.
+
+peft details: ``set_adapter`` also sets ``requires_grad`` (True on the adapter it
+activates, False on every other one; all False with ``inference_mode=True``). The teacher
+forward therefore records ``requires_grad`` of every parameter, switches to the teacher,
+and afterwards switches back to ``default`` and restores the recorded flags exactly, so
+the optimizer's view of the trainable parameters never changes and the teacher stays
+frozen. The copy uses peft's own ``get_peft_model_state_dict`` / ``set_peft_model_state_dict``
+(which also carries a trained projector when ``model.train_projector`` is on).
+
+``state_dict`` is empty: the teacher is by definition the ``default`` adapter as it was
+at the start of the stage, so a run resumed at a stage boundary rebuilds it in
+``before_task``.
+
+Distributed: ``ddp`` only. The teacher forward runs on the unwrapped module and switches
+adapters by toggling ``requires_grad``, which DeepSpeed ZeRO (its gradient hooks and
+partitions are built for a fixed set of trainable parameters) and FSDP (flat parameters
+with one ``requires_grad``; sharded weights that would have to be gathered for the copy)
+do not allow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from pydantic import Field
+
+from mmcl.data.sample import Task
+from mmcl.methods.base import METHODS, MethodOptions
+from mmcl.methods.lora_ft import LoraFT, lora_config
+from mmcl.train.encode import IGNORE_INDEX
+
+STUDENT = "default"
+TEACHER = "teacher"
+
+
+class LwFOptions(MethodOptions):
+    """Options of ``lwf``."""
+
+    temperature: float = Field(2.0, gt=0.0, description="Distillation temperature T (default 2.0).")
+    weight: float = Field(
+        1.0, ge=0.0, description="Weight of the distillation loss against the task loss (default 1.0)."
+    )
+
+
+@METHODS.register("lwf")
+class LwF(LoraFT):
+    """One LoRA adapter, distilled towards a frozen copy of itself from the start of each stage."""
+
+    name = "lwf"
+    Options = LwFOptions
+    supports = frozenset({"ddp"})
+    options: LwFOptions
+
+    def setup(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = super().setup(model)
+        self.has_teacher = False
+        return model
+
+    # ------------------------------------------------------------------ teacher
+    def before_task(self, stage: int, task: Task) -> None:
+        if stage == 0:
+            return
+        self.copy_student_to_teacher()
+
+    def copy_student_to_teacher(self) -> None:
+        """Make the ``teacher`` adapter an exact, frozen copy of the current ``default`` adapter."""
+        model = self.model
+        if TEACHER not in model.peft_config:
+            grads = {p: p.requires_grad for p in model.parameters()}
+            model.add_adapter(TEACHER, lora_config(self))
+            for p, rg in grads.items():  # add_adapter must not change the existing parameters' flags
+                p.requires_grad = rg
+        state = get_peft_model_state_dict(model, adapter_name=STUDENT)
+        result = set_peft_model_state_dict(model, state, adapter_name=TEACHER)
+        bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k or "modules_to_save" in k]
+        if bad:
+            raise RuntimeError(f"lwf: could not copy the student adapter into the teacher: {bad[:3]}")
+        for p in self.teacher_parameters():
+            p.requires_grad = False
+        self.has_teacher = True
+
+    def teacher_parameters(self) -> list[torch.nn.Parameter]:
+        return [
+            p for n, p in self.model.named_parameters() if f".{TEACHER}." in n or n.endswith(f".{TEACHER}")
+        ]
+
+    def student_parameters(self) -> list[torch.nn.Parameter]:
+        return [
+            p for n, p in self.model.named_parameters() if f".{STUDENT}." in n or n.endswith(f".{STUDENT}")
+        ]
+
+    @torch.no_grad()
+    def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the teacher adapter on ``batch`` (no labels, no dropout, no graph)."""
+        model = self.model
+        grads = {p: p.requires_grad for p in model.parameters()}
+        modes = {m: m.training for m in model.modules()}
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        try:
+            model.set_adapter(TEACHER)
+            model.eval()
+            logits = model(**inputs).logits
+        finally:
+            model.set_adapter(STUDENT)
+            for m, training in modes.items():
+                m.training = training
+            for p, rg in grads.items():
+                p.requires_grad = rg
+        return logits
+
+    # ------------------------------------------------------------------ loss
+    def extra_loss(self, batch: dict[str, torch.Tensor], outputs: Any, stage: int) -> torch.Tensor | None:
+        if stage == 0 or not self.has_teacher:
+            return None
+        return self.options.weight * self.distillation_loss(batch, outputs.logits)
+
+    def distillation_loss(self, batch: dict[str, torch.Tensor], student_logits: torch.Tensor) -> torch.Tensor:
+        """``T² * KL(p_teacher || p_student)`` at temperature T, mean over answer-token positions."""
+        labels = batch["labels"]
+        if student_logits.shape[:2] != labels.shape:
+            raise RuntimeError(
+                f"lwf: logits of shape {tuple(student_logits.shape)} do not line up with labels of shape "
+                f"{tuple(labels.shape)}"
+            )
+        teacher = self.teacher_logits(batch)
+        mask = labels[:, 1:] != IGNORE_INDEX  # logits at i predict token i + 1
+        if not mask.any():
+            return student_logits.sum() * 0.0
+        T = self.options.temperature
+        s = student_logits[:, :-1][mask].float() / T
+        t = teacher[:, :-1][mask].float() / T
+        kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+        return kl * T * T
+
+    # ------------------------------------------------------------------ bookkeeping
+    def cost(self) -> dict[str, Any]:
+        held = 0
+        if self.has_teacher:
+            held = sum(v.numel() * v.element_size() for v in self.teacher_parameters())
+        return {"params_added_per_task": 0, "held_bytes": {"teacher_adapter": held}}

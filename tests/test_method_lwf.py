@@ -1,0 +1,223 @@
+"""``lwf``: a frozen in-memory teacher adapter, the distillation loss, where its gradients go."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from conftest import quick_overrides
+
+import mmcl.methods.lwf  # noqa: F401  (registers "lwf")
+from mmcl.benchmarks.builtin import build_benchmark
+from mmcl.config import load_config
+from mmcl.methods import METHODS, RunContext, build_method
+from mmcl.methods.lwf import LwF, LwFOptions
+from mmcl.models.loader import load_model
+from mmcl.runner import Runner, seed_everything
+from mmcl.train.encode import Encoder, collate_train
+from mmcl.train.loop import train_on
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_lwf(model_dir: Path, *options: str) -> LwF:
+    cfg = load_config(overrides=quick_overrides(model_dir, "method.name=lwf", *options))
+    ctx = RunContext(cfg, load_model(cfg.model), build_benchmark(cfg), seed=cfg.seed)
+    method = build_method(ctx)
+    seed_everything(cfg.seed)
+    method.setup(ctx.model)
+    assert isinstance(method, LwF)
+    return method
+
+
+def train_stage(method: LwF, t: int) -> None:
+    """One stage as the runner does it (3 update steps of 8 samples)."""
+    ctx = method.ctx
+    task = ctx.benchmark.tasks[t]
+    seed_everything(ctx.seed * 7919 + t)
+    method.before_task(t, task)
+    encoded = Encoder(ctx.bundle.processor).encode(method.train_samples(t, task), with_answer=True)
+    train_on(
+        method,
+        encoded,
+        ctx.config.train,
+        Accelerator(cpu=True),
+        t,
+        ctx.seed,
+        ctx.bundle.tokenizer.pad_token_id,
+    )
+    method.after_task(t, task)
+
+
+def a_batch(method: LwF, t: int = 1) -> dict[str, torch.Tensor]:
+    ctx = method.ctx
+    encoded = Encoder(ctx.bundle.processor).encode(ctx.benchmark.tasks[t].train[:6], with_answer=True)
+    return collate_train(encoded, ctx.bundle.tokenizer.pad_token_id)
+
+
+def adapter_state(method: LwF, adapter: str) -> dict[str, torch.Tensor]:
+    return {
+        n.replace(f".{adapter}.", "."): p.detach().clone()
+        for n, p in method.model.named_parameters()
+        if f".{adapter}." in n
+    }
+
+
+def grad_flags(method: LwF) -> dict[str, bool]:
+    return {n: p.requires_grad for n, p in method.model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def lwf(tiny_llava_dir: Path) -> LwF:
+    """Trained on stage 0, then the teacher is made for stage 1."""
+    m = make_lwf(tiny_llava_dir)
+    train_stage(m, 0)
+    assert m.cost()["held_bytes"]["teacher_adapter"] == 0 and "teacher" not in m.model.peft_config
+    m.flags_before = grad_flags(m)  # type: ignore[attr-defined]
+    m.before_task(1, m.ctx.benchmark.tasks[1])
+    return m
+
+
+def test_teacher_is_a_frozen_copy_in_the_same_model(lwf: LwF) -> None:
+    model = lwf.model
+    assert set(model.peft_config) == {"default", "teacher"} and model.active_adapter == "default"
+    student, teacher = adapter_state(lwf, "default"), adapter_state(lwf, "teacher")
+    assert student.keys() == teacher.keys() and len(student) > 0
+    assert all(torch.equal(student[k], teacher[k]) for k in student)
+    assert any(v.abs().sum() > 0 for k, v in student.items() if "lora_B" in k)  # really trained at stage 0
+    assert not any(p.requires_grad for p in lwf.teacher_parameters())
+    assert all(p.requires_grad for p in lwf.student_parameters())
+    # the teacher added only its LoRA weights: the same trainable set as before, no second model
+    flags = grad_flags(lwf)
+    assert {n: f for n, f in flags.items() if ".teacher." not in n} == lwf.flags_before
+    teacher_numel = sum(p.numel() for p in lwf.teacher_parameters())
+    assert teacher_numel == sum(p.numel() for p in lwf.student_parameters())
+    assert lwf.cost() == {"params_added_per_task": 0, "held_bytes": {"teacher_adapter": 4 * teacher_numel}}
+
+
+def test_distillation_zero_at_copy_positive_after_perturbation(lwf: LwF) -> None:
+    model, batch = lwf.model, a_batch(lwf)
+    model.train()
+    outputs = model(**batch)
+    assert lwf.extra_loss(batch, outputs, 0) is None  # no teacher at stage 0
+    flags = grad_flags(lwf)
+    loss = lwf.extra_loss(batch, outputs, 1)
+    assert loss is not None and loss.requires_grad
+    assert abs(loss.item()) < 1e-6  # student == teacher
+    assert grad_flags(lwf) == flags and model.active_adapter == "default" and model.training
+    saved = adapter_state(lwf, "default")
+    try:
+        gen = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if ".default." in n and "lora_B" in n:
+                    p.add_(0.05 * torch.randn(p.shape, generator=gen))
+        outputs = model(**batch)
+        loss = lwf.extra_loss(batch, outputs, 1)
+        assert loss.item() > 1e-3
+        assert grad_flags(lwf) == flags and model.active_adapter == "default"
+        # gradients reach the student adapter only
+        loss.backward()
+        for n, p in model.named_parameters():
+            if ".default." in n:
+                assert p.grad is not None, n
+            else:
+                assert p.grad is None, n
+        assert any(float(p.grad.abs().sum()) > 0 for p in lwf.student_parameters())
+        # T² * KL at T: a larger weight scales it linearly
+        lwf.options = lwf.options.model_copy(update={"weight": 3.0})
+        assert lwf.extra_loss(batch, model(**batch), 1).item() == pytest.approx(3 * loss.item(), rel=1e-5)
+    finally:
+        lwf.options = lwf.options.model_copy(update={"weight": 1.0})
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if ".default." in n:
+                    p.copy_(saved[n.replace(".default.", ".")])
+
+
+def test_distillation_matches_a_direct_computation(lwf: LwF) -> None:
+    model, batch = lwf.model, a_batch(lwf)
+    student = model(**batch).logits.detach()
+    student += torch.randn(
+        student.shape, generator=torch.Generator().manual_seed(1)
+    )  # differ from the teacher
+    teacher = lwf.teacher_logits(batch).double()
+    T = lwf.options.temperature
+    mask = batch["labels"][:, 1:] != -100
+    expected, n = 0.0, 0
+    for b, i in mask.nonzero().tolist():
+        p = torch.softmax(teacher[b, i] / T, -1)
+        q = torch.softmax(student[b, i] / T, -1)
+        expected += float((p * (p.log() - q.log())).sum())
+        n += 1
+    assert n == int(mask.sum()) > 0
+    got = lwf.distillation_loss(batch, student).item()
+    assert got == pytest.approx(expected / n * T * T, rel=1e-4) and got > 0
+
+
+def test_teacher_unchanged_during_a_training_stage(tiny_llava_dir: Path) -> None:
+    m = make_lwf(tiny_llava_dir)
+    train_stage(m, 0)
+    calls: list[float] = []
+    distill = m.extra_loss
+
+    def spy(batch, outputs, stage):
+        loss = distill(batch, outputs, stage)
+        calls.append(float(loss.detach()))
+        return loss
+
+    m.extra_loss = spy  # type: ignore[method-assign]
+    task = m.ctx.benchmark.tasks[1]
+    m.before_task(1, task)
+    teacher, student = adapter_state(m, "teacher"), adapter_state(m, "default")
+    encoded = Encoder(m.ctx.bundle.processor).encode(m.train_samples(1, task), with_answer=True)
+    train_on(m, encoded, m.ctx.config.train, Accelerator(cpu=True), 1, 0, m.ctx.bundle.tokenizer.pad_token_id)
+    after_t, after_s = adapter_state(m, "teacher"), adapter_state(m, "default")
+    assert all(torch.equal(teacher[k], after_t[k]) for k in teacher)
+    assert any(not torch.equal(student[k], after_s[k]) for k in student)
+    assert len(calls) == 3 and calls[0] < 1e-6 and max(calls[1:]) > 0  # the student drifts, the loss notices
+    # the next stage's teacher is the student as it ended this stage
+    m.before_task(2, m.ctx.benchmark.tasks[2])
+    assert all(torch.equal(after_s[k], adapter_state(m, "teacher")[k]) for k in after_s)
+
+
+def test_end_to_end_two_tasks(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    cfg = load_config(
+        overrides=quick_overrides(
+            tiny_llava_dir,
+            "method.name=lwf",
+            "benchmark.order=[high-altitude.attribute, underwater.existence]",
+            "eval.zero_shot=false",
+        )
+    )
+    out = Runner(cfg, output_dir=tmp_path).run()
+    res = json.loads((out / "results.json").read_text())
+    assert res["method"] == "lwf" and len(res["matrix"]["primary"]) == 2
+    assert res["cost"]["held_bytes"]["teacher_adapter"] > 0 and res["cost"]["params_added_per_task"] == 0
+    # the teacher is not trainable: the trainable count is lora-ft's at every stage
+    assert res["stage_stats"][0]["trainable_params"] == res["stage_stats"][1]["trainable_params"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"temperature": 0}, "method.temperature: Input should be greater than 0"),
+        ({"weight": -1}, "method.weight: Input should be greater than or equal to 0"),
+        ({"alpha": 1}, "method.alpha: Extra inputs are not permitted. Valid options: temperature, weight"),
+    ],
+)
+def test_bad_options_are_refused(raw: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        METHODS.get("lwf").parse_options(raw)
+
+
+def test_supports_and_shipped_config() -> None:
+    assert LwF.supports == {"ddp"}
+    cfg = load_config([ROOT / "configs" / "lwf.yaml"])
+    assert cfg.method.name == "lwf" and cfg.name == "lwf"
+    assert METHODS.get("lwf").parse_options(cfg.method.options()) == LwFOptions()
