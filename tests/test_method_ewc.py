@@ -8,59 +8,23 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator
-from conftest import quick_overrides
+from conftest import build_test_method, quick_overrides, train_stage
 
 import mmcl.methods.ewc  # noqa: F401  (registers "ewc")
-from mmcl.benchmarks.builtin import build_benchmark
 from mmcl.config import load_config
-from mmcl.methods import METHODS, RunContext, build_method
+from mmcl.methods import METHODS
 from mmcl.methods.ewc import EWC, EWCOptions
-from mmcl.models.loader import load_model
-from mmcl.runner import Runner, seed_everything
-from mmcl.train.encode import Encoder
-from mmcl.train.loop import train_on
+from mmcl.runner import Runner
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_ewc(model_dir: Path, *options: str) -> EWC:
-    cfg = load_config(
-        overrides=quick_overrides(
-            model_dir,
-            "method.name=ewc",
-            "benchmark.train_per_task=24",
-            "method.fisher_batches=2",
-            "method.fisher_batch_size=4",
-            *options,
-        )
+    method = build_test_method(
+        model_dir, "ewc", "benchmark.train_per_task=24", "method.fisher_batches=2", "method.fisher_batch_size=4", *options
     )
-    ctx = RunContext(cfg, load_model(cfg.model), build_benchmark(cfg), seed=cfg.seed)
-    method = build_method(ctx)
-    seed_everything(cfg.seed)
-    method.setup(ctx.model)
     assert isinstance(method, EWC)
     return method
-
-
-def train_stage(method: EWC, t: int, finish: bool = True) -> None:
-    """One stage as the runner does it (3 update steps of 8 samples)."""
-    ctx = method.ctx
-    task = ctx.benchmark.tasks[t]
-    seed_everything(ctx.seed * 7919 + t)
-    method.before_task(t, task)
-    encoded = Encoder(ctx.bundle.processor).encode(method.train_samples(t, task), with_answer=True)
-    train_on(
-        method,
-        encoded,
-        ctx.config.train,
-        Accelerator(cpu=True),
-        t,
-        ctx.seed,
-        ctx.bundle.tokenizer.pad_token_id,
-    )
-    if finish:
-        method.after_task(t, task)
 
 
 def trainable(method: EWC) -> dict[str, torch.nn.Parameter]:

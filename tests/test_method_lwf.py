@@ -9,15 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import quick_overrides
+from conftest import build_test_method, quick_overrides, train_stage
 
 import mmcl.methods.lwf  # noqa: F401  (registers "lwf")
-from mmcl.benchmarks.builtin import build_benchmark
 from mmcl.config import load_config
-from mmcl.methods import METHODS, RunContext, build_method
+from mmcl.methods import METHODS
 from mmcl.methods.lwf import LwF, LwFOptions
-from mmcl.models.loader import load_model
-from mmcl.runner import Runner, seed_everything
+from mmcl.runner import Runner
 from mmcl.train.encode import Encoder, collate_train
 from mmcl.train.loop import train_on
 
@@ -25,32 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def make_lwf(model_dir: Path, *options: str) -> LwF:
-    cfg = load_config(overrides=quick_overrides(model_dir, "method.name=lwf", *options))
-    ctx = RunContext(cfg, load_model(cfg.model), build_benchmark(cfg), seed=cfg.seed)
-    method = build_method(ctx)
-    seed_everything(cfg.seed)
-    method.setup(ctx.model)
+    method = build_test_method(model_dir, "lwf", *options)
     assert isinstance(method, LwF)
     return method
-
-
-def train_stage(method: LwF, t: int) -> None:
-    """One stage as the runner does it (3 update steps of 8 samples)."""
-    ctx = method.ctx
-    task = ctx.benchmark.tasks[t]
-    seed_everything(ctx.seed * 7919 + t)
-    method.before_task(t, task)
-    encoded = Encoder(ctx.bundle.processor).encode(method.train_samples(t, task), with_answer=True)
-    train_on(
-        method,
-        encoded,
-        ctx.config.train,
-        Accelerator(cpu=True),
-        t,
-        ctx.seed,
-        ctx.bundle.tokenizer.pad_token_id,
-    )
-    method.after_task(t, task)
 
 
 def a_batch(method: LwF, t: int = 1) -> dict[str, torch.Tensor]:
