@@ -82,3 +82,14 @@ def train_stage(method, t: int, finish: bool = True):
     if finish:
         method.after_task(t, task)
     return stats
+
+
+def run_quick(model_dir: Path, out_dir: Path, *extra: str) -> dict:
+    """A quick end-to-end run on the test checkpoint; returns its results.json."""
+    import json
+
+    from mmcl.config import load_config
+    from mmcl.runner import Runner
+
+    out = Runner(load_config(overrides=quick_overrides(model_dir, *extra)), output_dir=out_dir).run()
+    return json.loads((out / "results.json").read_text())

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_test_method, quick_overrides, train_stage
+from conftest import build_test_method, run_quick, train_stage
 
 import mmcl.methods.ewc  # noqa: F401  (registers "ewc")
 from mmcl.config import load_config
 from mmcl.methods import METHODS
 from mmcl.methods.ewc import EWC, EWCOptions
-from mmcl.runner import Runner
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,17 +142,14 @@ def test_state_dict_round_trip(after_two: dict[str, EWC], tiny_llava_dir: Path) 
 
 
 def test_end_to_end_two_tasks(tiny_llava_dir: Path, tmp_path: Path) -> None:
-    cfg = load_config(
-        overrides=quick_overrides(
-            tiny_llava_dir,
-            "method.name=ewc",
-            "method.mode=separate",
-            "eval.zero_shot=false",
-            "benchmark.order=[high-altitude.attribute, underwater.existence]",
-        )
+    res = run_quick(
+        tiny_llava_dir,
+        tmp_path,
+        "method.name=ewc",
+        "method.mode=separate",
+        "eval.zero_shot=false",
+        "benchmark.order=[high-altitude.attribute, underwater.existence]",
     )
-    out = Runner(cfg, output_dir=tmp_path).run()
-    res = json.loads((out / "results.json").read_text())
     assert res["method"] == "ewc" and len(res["matrix"]["primary"]) == 2
     cost = res["cost"]
     lora_bytes = 4 * cost["trainable_params"]  # float32 on CPU

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import build_test_method, quick_overrides, train_stage
+from conftest import build_test_method, run_quick, train_stage
 
 import mmcl.methods.lwf  # noqa: F401  (registers "lwf")
 from mmcl.config import load_config
 from mmcl.methods import METHODS
 from mmcl.methods.lwf import LwF, LwFOptions
-from mmcl.runner import Runner
 from mmcl.train.encode import Encoder, collate_train
 from mmcl.train.loop import train_on
 
@@ -162,16 +160,13 @@ def test_teacher_unchanged_during_a_training_stage(tiny_llava_dir: Path) -> None
 
 
 def test_end_to_end_two_tasks(tiny_llava_dir: Path, tmp_path: Path) -> None:
-    cfg = load_config(
-        overrides=quick_overrides(
-            tiny_llava_dir,
-            "method.name=lwf",
-            "benchmark.order=[high-altitude.attribute, underwater.existence]",
-            "eval.zero_shot=false",
-        )
+    res = run_quick(
+        tiny_llava_dir,
+        tmp_path,
+        "method.name=lwf",
+        "benchmark.order=[high-altitude.attribute, underwater.existence]",
+        "eval.zero_shot=false",
     )
-    out = Runner(cfg, output_dir=tmp_path).run()
-    res = json.loads((out / "results.json").read_text())
     assert res["method"] == "lwf" and len(res["matrix"]["primary"]) == 2
     assert res["cost"]["held_bytes"]["teacher_adapter"] > 0 and res["cost"]["params_added_per_task"] == 0
     # the teacher is not trainable: the trainable count is lora-ft's at every stage

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -10,16 +9,13 @@ from typing import Any
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import quick_overrides
+from conftest import build_test_method, quick_overrides, run_quick
 
 import mmcl.methods.moelora  # noqa: F401  (registers "moelora")
-from mmcl.benchmarks.builtin import build_benchmark
 from mmcl.config import load_config
 from mmcl.eval.generate import generate_answers
-from mmcl.methods import RunContext, build_method
+from mmcl.methods import RunContext
 from mmcl.methods.moelora import MoELoRA, MoELoRALinear
-from mmcl.models.loader import load_model
-from mmcl.runner import Runner
 from mmcl.train.encode import IGNORE_INDEX, Encoder, collate_prompts, collate_train
 from mmcl.train.loop import train_on
 
@@ -27,12 +23,9 @@ GATES = ["token", "sample"]
 
 
 def _build(model_dir: Path, *extra: str) -> tuple[MoELoRA, Any, Any]:
-    cfg = load_config(overrides=quick_overrides(model_dir, "method.name=moelora", *extra))
-    bench = build_benchmark(cfg)
-    bundle = load_model(cfg.model)
-    method = build_method(RunContext(cfg, bundle, bench))
+    method = build_test_method(model_dir, "moelora", *extra, setup=False)
     assert isinstance(method, MoELoRA)
-    return method, bench, bundle
+    return method, method.ctx.benchmark, method.ctx.bundle
 
 
 def _train_batch(bundle: Any, samples: list) -> dict[str, torch.Tensor]:
@@ -233,9 +226,7 @@ def test_bad_options_are_refused(tiny_llava_dir: Path) -> None:
 
 
 def test_end_to_end_three_tasks(tiny_llava_dir: Path, tmp_path: Path) -> None:
-    cfg = load_config(overrides=quick_overrides(tiny_llava_dir, "method.name=moelora"))
-    out = Runner(cfg, output_dir=tmp_path).run()
-    res = json.loads((out / "results.json").read_text())
+    res = run_quick(tiny_llava_dir, tmp_path, "method.name=moelora")
     assert res["method"] == "moelora" and len(res["matrix"]["primary"]) == 3
     cost = res["cost"]
     assert cost["params_added_per_task"] == 0 and cost["held_bytes"] == {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -10,27 +9,20 @@ from typing import Any
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import quick_overrides
+from conftest import build_test_method, quick_overrides, run_quick
 
 import mmcl.methods.olora  # noqa: F401  (registers "o-lora")
-from mmcl.benchmarks.builtin import build_benchmark
 from mmcl.config import load_config
-from mmcl.methods import RunContext, build_method
+from mmcl.methods import RunContext
 from mmcl.methods.olora import OLora
-from mmcl.models.loader import load_model
-from mmcl.runner import Runner
 from mmcl.train.encode import Encoder, collate_train
 from mmcl.train.loop import train_on
 
 
 def _method(model_dir: Path, *extra: str) -> tuple[OLora, Any, Any]:
-    cfg = load_config(overrides=quick_overrides(model_dir, "method.name=o-lora", *extra))
-    bench = build_benchmark(cfg)
-    bundle = load_model(cfg.model)
-    method = build_method(RunContext(cfg, bundle, bench))
+    method = build_test_method(model_dir, "o-lora", *extra)
     assert isinstance(method, OLora)
-    method.setup(bundle.model)
-    return method, bench, bundle
+    return method, method.ctx.benchmark, method.ctx.bundle
 
 
 def _train(method: OLora, bench: Any, bundle: Any, stage: int) -> None:
@@ -182,9 +174,7 @@ def test_bad_options_are_refused(tiny_llava_dir: Path) -> None:
 
 
 def test_end_to_end_three_tasks(tiny_llava_dir: Path, tmp_path: Path) -> None:
-    cfg = load_config(overrides=quick_overrides(tiny_llava_dir, "method.name=o-lora"))
-    out = Runner(cfg, output_dir=tmp_path).run()
-    res = json.loads((out / "results.json").read_text())
+    res = run_quick(tiny_llava_dir, tmp_path, "method.name=o-lora")
     assert res["method"] == "o-lora" and len(res["matrix"]["primary"]) == 3
     cost = res["cost"]
     assert cost["params_added_per_task"] > 0

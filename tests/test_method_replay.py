@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import quick_overrides
+from conftest import quick_overrides, run_quick
 
 import mmcl.methods.replay  # noqa: F401  (registers "replay")
 from mmcl.benchmarks.builtin import build_benchmark
@@ -18,7 +18,6 @@ from mmcl.data.sample import Benchmark, Sample, Task
 from mmcl.methods import METHODS, RunContext, build_method
 from mmcl.methods.replay import Replay
 from mmcl.models.loader import Family, ModelBundle, load_model
-from mmcl.runner import Runner
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -206,13 +205,7 @@ def test_shipped_config_has_the_defaults() -> None:
 
 
 def test_end_to_end_three_tasks(tiny_llava_dir: Path, tmp_path: Path) -> None:
-    cfg = load_config(
-        overrides=quick_overrides(
-            tiny_llava_dir, "method.name=replay", "eval.zero_shot=false", "eval.full_matrix=false"
-        )
-    )
-    out = Runner(cfg, output_dir=tmp_path).run()
-    res = json.loads((out / "results.json").read_text())
+    res = run_quick(tiny_llava_dir, tmp_path, "method.name=replay", "eval.zero_shot=false", "eval.full_matrix=false")
     assert res["method"] == "replay" and len(res["matrix"]["primary"]) == 3
     # 16 samples per task; ratio 0.2 adds round(0.25 * 16) = 4 memory samples from stage 2 on
     assert [s["train_samples"] for s in res["stage_stats"]] == [16, 20, 20]
