@@ -80,10 +80,10 @@ def _print_plan(plan, runner) -> None:
 def pretrain(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to save the base (default: the shipped preset dir).")] = None,
     seed: int = 0,
-    n_captions: Annotated[int, typer.Option(help="Synthetic image-caption pairs.")] = 4000,
-    epochs: float = 2.0,
+    n_captions: Annotated[int, typer.Option(help="Synthetic image-caption pairs (plus a quarter as many text-only \"say\" samples).")] = 8000,
+    epochs: float = 4.0,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps (for smoke tests).")] = None,
-    vision_steps: Annotated[int, typer.Option(help="Vision warm-up steps (per-patch colour/shape).")] = 600,
+    vision_steps: Annotated[int, typer.Option(help="Vision warm-up steps (per-patch colour/shape/mark).")] = 800,
 ) -> None:
     """Build and pre-train the tiny LLaVA base on generic synthetic captions."""
     from mmcl.models.loader import ASSETS_DIR

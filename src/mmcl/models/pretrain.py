@@ -5,12 +5,15 @@ Recipe (deterministic from ``seed``):
    vocabulary (text only: no benchmark image is seen);
 2. build a randomly initialised tiny ``LlavaForConditionalGeneration``;
 3. vision warm-up: train the vision tower alone, with a throw-away linear head, to tell for
-   every patch the colour and the shape of the generic object covering it (or background).
-   Learning to see through the whole language model from captions alone is very slow at
-   this size; the dense per-patch signal gives the tower usable features in a minute;
-4. train ALL its weights on synthetic image-caption pairs (generic shapes on plain
-   backgrounds; none of the continual tasks' scenes, objects or question formats), with
-   the same training loop as a continual run;
+   every patch the colour, the shape and the mark of the generic object covering it (or
+   background). Learning to see through the whole language model from captions alone is
+   very slow at this size; the dense per-patch signal gives the tower usable features in
+   minutes;
+4. train ALL its weights on synthetic image-caption pairs (one or two large generic shapes
+   on plain backgrounds; none of the continual tasks' scenes, objects or question formats)
+   mixed with text-only "Say <word>." samples over the benchmark's answer words (no image:
+   the tiny LM must be able to write those words, as a real LLM can), with the same
+   training loop as a continual run;
 5. ``save_pretrained`` model + processor, plus ``pretrain.json`` with the recipe and the
    held-out caption accuracy.
 """
@@ -52,21 +55,25 @@ def tokenizer_corpus(seed: int) -> list[str]:
     corpus = list(msvqa_corpus(seed))
     corpus += [s.answers[0] for s in caption_samples(2000, seed=seed + 1)]
     corpus += ["USER: <image>\nDescribe the image. ASSISTANT: a red circle.</s>"] * 50
+    corpus += ["Say the word."] * 20
     corpus += [f"[{a / 100:.2f}, {b / 100:.2f}]" for a in range(101) for b in (0, 50)]
     return corpus
 
 
 def _patch_labels(sample: Sample, grid: int, colours: list[str], shapes: tuple[str, ...]) -> torch.Tensor:
-    """Per patch (row-major): [colour class, shape class] of the object covering its centre, 0 = none."""
-    labels = torch.zeros(grid * grid, 2, dtype=torch.long)
+    """Per patch (row-major): [colour, shape, mark] classes of the object covering its centre, 0 = none."""
+    from mmcl.models.pretrain_data import MARK_NAMES
+
+    labels = torch.zeros(grid * grid, 3, dtype=torch.long)
     for r in range(grid):
         for c in range(grid):
             cx, cy = (c + 0.5) / grid, (r + 0.5) / grid
             for obj in sample.meta["objects"]:
                 x1, y1, x2, y2 = obj["box"]
                 if x1 <= cx <= x2 and y1 <= cy <= y2:
+                    mark = MARK_NAMES.index(obj["mark"]) + 1 if obj.get("mark") else 0
                     labels[r * grid + c] = torch.tensor(
-                        [colours.index(obj["colour"]) + 1, shapes.index(obj["shape"]) + 1]
+                        [colours.index(obj["colour"]) + 1, shapes.index(obj["shape"]) + 1, mark]
                     )
     return labels
 
@@ -82,7 +89,7 @@ def pretrain_vision(
 ) -> dict[str, float]:
     """Vision warm-up (step 3 of the recipe); returns the final loss and patch accuracy."""
     from mmcl.benchmarks.synth_draw import COLOUR_NAMES
-    from mmcl.models.pretrain_data import SHAPES
+    from mmcl.models.pretrain_data import MARK_NAMES, SHAPES
 
     colours = list(COLOUR_NAMES)
     tower = model.model.vision_tower
@@ -90,7 +97,8 @@ def pretrain_vision(
     grid = vcfg.image_size // vcfg.patch_size
     pixels = processor.image_processor(images=[s.load_image() for s in samples], return_tensors="pt")["pixel_values"]
     labels = torch.stack([_patch_labels(s, grid, colours, SHAPES) for s in samples])
-    head = torch.nn.Linear(vcfg.hidden_size, len(colours) + 1 + len(SHAPES) + 1)
+    ns = len(SHAPES) + 1
+    head = torch.nn.Linear(vcfg.hidden_size, len(colours) + 1 + ns + len(MARK_NAMES) + 1)
     params = [*tower.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
@@ -104,7 +112,8 @@ def pretrain_vision(
         logits = head(feats)
         y = labels[idx]
         loss = torch.nn.functional.cross_entropy(logits[..., :nc].flatten(0, 1), y[..., 0].flatten())
-        loss = loss + torch.nn.functional.cross_entropy(logits[..., nc:].flatten(0, 1), y[..., 1].flatten())
+        loss = loss + torch.nn.functional.cross_entropy(logits[..., nc : nc + ns].flatten(0, 1), y[..., 1].flatten())
+        loss = loss + torch.nn.functional.cross_entropy(logits[..., nc + ns :].flatten(0, 1), y[..., 2].flatten())
         loss.backward()
         opt.step()
         sched.step()
@@ -114,24 +123,26 @@ def pretrain_vision(
     # figures of the last batch: its loss, and the share of object patches with both classes right
     logits = logits.detach()
     obj = y[..., 0] > 0
-    right = (logits[..., :nc].argmax(-1) == y[..., 0]) & (logits[..., nc:].argmax(-1) == y[..., 1])
+    right = (logits[..., :nc].argmax(-1) == y[..., 0]) & (logits[..., nc : nc + ns].argmax(-1) == y[..., 1])
+    right &= logits[..., nc + ns :].argmax(-1) == y[..., 2]
     return {"vision_loss": float(loss.detach()), "vision_object_patch_accuracy": float(right[obj].float().mean())}
 
 
 def pretrain(
     output: str | Path,
     seed: int = 0,
-    n_captions: int = 4000,
-    epochs: float = 2.0,
+    n_captions: int = 8000,
+    epochs: float = 4.0,
     batch_size: int = 32,
     lr: float = 1e-3,
     size: TinyLlavaSize | None = None,
     console: Console | None = None,
     max_steps: int | None = None,
-    vision_steps: int = 600,
+    vision_steps: int = 800,
 ) -> dict[str, Any]:
     """Build, pre-train and save the tiny base; returns the recipe and figures written to pretrain.json."""
-    from mmcl.models.pretrain_data import caption_samples
+    from mmcl.benchmarks.msvqa_synth import answer_vocabulary
+    from mmcl.models.pretrain_data import caption_samples, say_samples
 
     console = console or Console(stderr=True)
     size = size or TinyLlavaSize()
@@ -143,6 +154,7 @@ def pretrain(
     console.print(f"tokenizer: {len(tokenizer)} tokens; model: {sum(p.numel() for p in model.parameters()):,} parameters")
 
     train = caption_samples(n_captions, seed=seed, image_size=size.image_size)
+    says = say_samples(answer_vocabulary(seed), n_captions // 4, seed=seed)
     held_out = caption_samples(200, seed=seed + 10_000, image_size=size.image_size)
     task = Task("captions", train, held_out, scorers=["exact_match", "token_f1"], max_new_tokens=32)
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_ratio=0.03, max_steps=max_steps)
@@ -151,6 +163,7 @@ def pretrain(
     method = _FullFinetune(RunContext(cfg, bundle, Benchmark("captions", [task])), _FullFinetune.Options())
     console.print(f"vision warm-up: {vision_steps} steps")
     vision = pretrain_vision(model, processor, train, vision_steps, seed=seed)
+    train = train + says
     console.print(f"vision warm-up done: {vision}")
     encoder = Encoder(processor)
     encoded = encoder.encode(train, with_answer=True)

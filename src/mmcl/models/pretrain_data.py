@@ -1,8 +1,8 @@
 """Generic image-caption pairs for pre-training the tiny base model.
 
-Deliberately unlike the continual tasks: a plain single-colour background and 1-3 generic
-shapes (circle, square, triangle, diamond, bar, ring) in the palette colours, each in its own
-region of a 3 x 3 grid, captioned e.g. "a red circle at the top left and a blue square at the
+Deliberately unlike the continual tasks: a plain single-colour background and 1-2 large generic
+shapes (circle, square, triangle, diamond, bar, ring) in the palette colours, each centred in its
+own region of a 3 x 3 grid, captioned e.g. "a red circle at the top left and a blue square at the
 bottom right." None of the benchmarks' scenes, categories or question formats appear.
 """
 
@@ -34,6 +34,9 @@ REGIONS: dict[tuple[int, int], str] = {
     (2, 2): "at the bottom right",
 }
 
+MARK_NAMES: tuple[str, ...] = ("white", "black", "cyan", "pink")
+"""Names of the marking colours (``msvqa_synth.MARKINGS``, same order); half the shapes carry one."""
+
 BACKGROUNDS: tuple[Colour, ...] = ((255, 255, 255), (0, 0, 0), (128, 128, 128), (232, 224, 204), (36, 40, 60))
 
 
@@ -43,13 +46,17 @@ class CaptionRenderer:
 
     image_size: int
     background: Colour
-    shapes: tuple[tuple[str, str, tuple[int, int, int, int]], ...]  # (shape, colour, pixel box)
+    shapes: tuple[tuple[str, str, tuple[int, int, int, int], str | None], ...]  # (shape, colour, pixel box, mark)
 
     def __call__(self) -> Image.Image:
+        from mmcl.benchmarks.msvqa_synth import MARKINGS, marking_box
+
         img = Image.new("RGB", (self.image_size, self.image_size), self.background)
         draw = ImageDraw.Draw(img)
-        for shape, colour, box in self.shapes:
+        for shape, colour, box, mark in self.shapes:
             draw_glyph(draw, shape, PALETTE[colour], box)
+            if mark is not None:
+                draw.rectangle(marking_box(box), fill=MARKINGS[MARK_NAMES.index(mark)])
         return img
 
 
@@ -59,29 +66,49 @@ def _caption(parts: list[str]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1] + "."
 
 
+def _region(cx: float, cy: float, s: int) -> tuple[int, int]:
+    """The 3 x 3 grid cell (column, row) holding pixel (cx, cy)."""
+    return (min(2, int(3 * cx / s)), min(2, int(3 * cy / s)))
+
+
 def _one(rng: np.random.Generator, image_size: int) -> tuple[str, CaptionRenderer, list[dict[str, object]]]:
+    """One or two large shapes: one shape is 30-60 % of the image side, two are 22-33 % each.
+
+    Objects are large on purpose: a tiny language model learns to read what covers many image
+    tokens in a few hundred steps, but not to pick out a small object among 64 tokens (see
+    docs/learnability.md).
+    """
     s = image_size
-    cell = s // 3
-    n = int(rng.integers(1, 4))
-    regions = sorted(
-        (list(REGIONS)[int(i)] for i in rng.choice(len(REGIONS), size=n, replace=False)),
-        key=lambda cr: (cr[1], cr[0]),
-    )
+    n = 1 if rng.random() < 0.5 else 2
     background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
-    shapes, parts, meta = [], [], []
-    for col, row in regions:
+    shapes: list[tuple[str, str, tuple[int, int, int, int], str | None]] = []
+    for _ in range(200):
+        if len(shapes) == n:
+            break
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         colour = COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
+        lo, hi = (0.30, 0.60) if n == 1 else (0.22, 0.33)
+        w = h = int(rng.integers(int(lo * s), int(hi * s) + 1))
         if shape == "bar":
-            w, h = int(rng.integers(cell * 2 // 3, cell)), int(rng.integers(max(3, cell // 6), max(4, cell // 4) + 1))
-        else:
-            w = h = int(rng.integers(cell * 2 // 5, cell * 4 // 5 + 1))
-        x = col * cell + int(rng.integers(0, cell - w + 1))
-        y = row * cell + int(rng.integers(0, cell - h + 1))
+            h = max(3, w // 3)
+        x, y = int(rng.integers(0, s - w + 1)), int(rng.integers(0, s - h + 1))
         box = (x, y, x + w, y + h)
-        shapes.append((shape, colour, box))
-        parts.append(f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape} {REGIONS[(col, row)]}")
-        meta.append({"shape": shape, "colour": colour, "region": REGIONS[(col, row)], "box": [v / s for v in box]})
+        region = _region(x + w / 2, y + h / 2, s)
+        clash = any(
+            _region((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, s) == region
+            or not (box[2] + 2 <= b[0] or b[2] + 2 <= box[0] or box[3] + 2 <= b[1] or b[3] + 2 <= box[1])
+            for _, _, b, _ in shapes
+        )
+        mark = MARK_NAMES[int(rng.integers(len(MARK_NAMES)))] if rng.random() < 0.5 else None
+        if not clash:
+            shapes.append((shape, colour, box, mark))
+    shapes.sort(key=lambda t: (_region((t[2][0] + t[2][2]) / 2, (t[2][1] + t[2][3]) / 2, s)[::-1]))
+    parts, meta = [], []
+    for shape, colour, box, mark in shapes:
+        where = REGIONS[_region((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, s)]
+        marked = f" with a {mark} mark" if mark else ""
+        parts.append(f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}{marked} {where}")
+        meta.append({"shape": shape, "colour": colour, "mark": mark, "region": where, "box": [v / s for v in box]})
     return _caption(parts), CaptionRenderer(s, background, tuple(shapes)), meta
 
 
@@ -108,3 +135,22 @@ def caption_corpus(seed: int, n: int = 2000) -> Iterator[str]:
     yield CAPTION_INSTRUCTION
     for s in caption_samples(n, seed):
         yield s.answers[0]
+
+
+SAY_TASK = "pretrain.say"
+
+
+def say_samples(words: list[str], n: int, seed: int) -> list[Sample]:
+    """Text-only "Say <word>." -> "<word>" samples over ``words`` (no image).
+
+    The language side of the pre-training: a real LLM can already write every word of a
+    benchmark's answers, but the tiny one has never produced most of them (its captions use
+    only colours, shapes and places), and LoRA on its layers cannot retrain the output
+    embeddings. No image is shown, so nothing about any task's visual question is learned.
+    """
+    rng = np.random.default_rng([seed % 2**64, 13])
+    out = []
+    for i in range(n):
+        w = words[int(rng.integers(len(words)))]
+        out.append(Sample(id=f"{SAY_TASK}-{seed}-{i:05d}", question=f"Say {w}.", answers=[w], task=SAY_TASK))
+    return out
