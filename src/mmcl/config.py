@@ -67,7 +67,7 @@ class MethodConfig(BaseModel):
 
 
 class TrainConfig(_Strict):
-    epochs: float = 3.0
+    epochs: float = 4.0
     max_steps: int | None = None  # per task; overrides epochs when set
     batch_size: int = 16
     grad_accum: int = 1
