@@ -1,10 +1,10 @@
 """The embedded stream is good for science (on its quick variant, with the shipped base model).
 
-`configs/msvqa-quick-science.yaml` (one task from each scenario, each of a different question
-type) trained with the shipped tiny base must show the three properties the Foundation issue
+`configs/msvqa-quick-science.yaml` (one task from each scenario; two of them ask the same
+question in different scenarios) trained with the shipped tiny base must show the three properties the Foundation issue
 asks for: jointly trained the model learns every task; zero-shot it is poor; trained
 sequentially with plain LoRA it forgets. The thresholds leave a margin under the figures
-measured on 2 CPU cores and stated in the README ("Results on the embedded stream").
+measured on 2 CPU cores and stated in the README ("Results on the embedded default").
 """
 
 from __future__ import annotations

@@ -620,6 +620,7 @@ def tokenizer_corpus(seed: int = 0, n_boxes: int = 2000) -> Iterator[str]:
 
 def answer_vocabulary(seed: int = 0, n_boxes: int = 200) -> list[str]:
     """Every short answer (categories, colours, counts, yes/no) and ``n_boxes`` box strings."""
-    words = sorted({t for t in tokenizer_corpus(seed, n_boxes=0) if " " not in t and not t.endswith("?")})
-    boxes = [t for t in tokenizer_corpus(seed, n_boxes=n_boxes) if t.startswith("[")]
+    corpus = list(tokenizer_corpus(seed, n_boxes=n_boxes))
+    boxes = [t for t in corpus if t.startswith("[")]
+    words = sorted({t for t in corpus if " " not in t and not t.endswith("?") and not t.startswith("[")})
     return words + boxes

@@ -66,8 +66,9 @@ def _caption(parts: list[str]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1] + "."
 
 
-def _region(cx: float, cy: float, s: int) -> tuple[int, int]:
-    """The 3 x 3 grid cell (column, row) holding pixel (cx, cy)."""
+def _region(box: tuple[int, int, int, int], s: int) -> tuple[int, int]:
+    """The 3 x 3 grid cell (column, row) holding the centre of pixel box ``box``."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     return (min(2, int(3 * cx / s)), min(2, int(3 * cy / s)))
 
 
@@ -93,19 +94,19 @@ def _one(rng: np.random.Generator, image_size: int) -> tuple[str, CaptionRendere
             h = max(3, w // 3)
         x, y = int(rng.integers(0, s - w + 1)), int(rng.integers(0, s - h + 1))
         box = (x, y, x + w, y + h)
-        region = _region(x + w / 2, y + h / 2, s)
+        region = _region(box, s)
         clash = any(
-            _region((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, s) == region
+            _region(b, s) == region
             or not (box[2] + 2 <= b[0] or b[2] + 2 <= box[0] or box[3] + 2 <= b[1] or b[3] + 2 <= box[1])
             for _, _, b, _ in shapes
         )
         mark = MARK_NAMES[int(rng.integers(len(MARK_NAMES)))] if rng.random() < 0.5 else None
         if not clash:
             shapes.append((shape, colour, box, mark))
-    shapes.sort(key=lambda t: (_region((t[2][0] + t[2][2]) / 2, (t[2][1] + t[2][3]) / 2, s)[::-1]))
+    shapes.sort(key=lambda t: _region(t[2], s)[::-1])
     parts, meta = [], []
     for shape, colour, box, mark in shapes:
-        where = REGIONS[_region((box[0] + box[2]) / 2, (box[1] + box[3]) / 2, s)]
+        where = REGIONS[_region(box, s)]
         marked = f" with a {mark} mark" if mark else ""
         parts.append(f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}{marked} {where}")
         meta.append({"shape": shape, "colour": colour, "mark": mark, "region": where, "box": [v / s for v in box]})
