@@ -100,6 +100,16 @@ def test_task_column_and_task_filter(tmp_path: Path) -> None:
     assert "no rows of task 'step9' in column 'step'; tasks present: step1, step2" in msg
 
 
+def test_integer_task_column_names_tasks_by_number(tmp_path: Path) -> None:
+    data = rows(4, "s")
+    data["step"] = [1, 1, 2, 10]
+    path = tmp_path / "numbered"
+    datasets.DatasetDict({"train": make(data)}).save_to_disk(str(path))
+    samples = load_hf_dataset(path, "train", FieldMap(task="step"))
+    assert [s.task for s in samples] == ["1", "1", "2", "10"]
+    assert [s.id for s in load_hf_dataset(path, "train", FieldMap(task="step"), task_filter="10")] == ["s3"]
+
+
 def test_table_files_with_the_same_field_map(tmp_path: Path) -> None:
     Image.new("RGB", (4, 4), "red").save(tmp_path / "a.png")
     items = [

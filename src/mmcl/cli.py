@@ -117,10 +117,22 @@ def compare(
     run_dirs: list[Path],
     scorer: Annotated[str, typer.Option(help="Track to compare (default: each task's primary scorer).")] = "primary",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write compare.md and compare.json here.")] = None,
+    protocol: Annotated[str | None, typer.Option(help="Instead: a benchmark protocol's summary per scenario (msvqa); writes protocol-msvqa.md/.json with -o.")] = None,
 ) -> None:
     """Side-by-side table of runs (seeds of the same config grouped as mean ± std)."""
     from mmcl.report import compare as cmp
 
+    if protocol is not None:
+        from mmcl.report import protocol as proto
+
+        try:
+            summary = proto.compare_protocol(run_dirs, protocol=protocol, out_dir=output)
+        except (ValueError, OSError) as e:
+            _fail(str(e))
+        out.print(proto.render_protocol_rich(summary))
+        if output:
+            console.print(f"wrote {output / f'protocol-{protocol}.md'} and {output / f'protocol-{protocol}.json'}")
+        return
     try:
         table = cmp.compare_runs(run_dirs, scorer=scorer)
     except (ValueError, OSError) as e:
@@ -129,6 +141,28 @@ def compare(
     if output:
         cmp.write_comparison(table, output)
         console.print(f"wrote {output / 'compare.md'} and {output / 'compare.json'}")
+
+
+@app.command("validate-data")
+def validate_data(
+    configs: Annotated[list[Path], typer.Argument(help="YAML config file(s) with a `benchmark: {name: msvqa, ...}` section.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set benchmark.path=/data/msvqa")] = None,
+    images: Annotated[bool, typer.Option("--images/--no-images", help="Open every image (slow on a full dataset).")] = True,
+) -> None:
+    """Check MSVQA data: per scenario/task counts, boxes, missing images, unmapped scenario values, every problem."""
+    from mmcl.benchmarks.msvqa import BENCHMARK_NAME, validate_msvqa
+    from mmcl.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(list(configs), list(set_ or []))
+        if cfg.benchmark.name != BENCHMARK_NAME:
+            _fail(f"validate-data checks benchmark {BENCHMARK_NAME!r}, not {cfg.benchmark.name!r} (use mmcl run --dry-run)")
+        report = validate_msvqa(cfg.benchmark, check_images=images)
+    except ConfigError as e:
+        _fail(str(e))
+    out.print(report.render(), markup=False, highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -189,15 +189,15 @@ class MSVQASynthOptions(BaseModel):
     @field_validator("scenario_order")
     @classmethod
     def _scenario_perm(cls, v: list[str]) -> list[str]:
-        return _check_permutation("scenario_order", v, SCENARIOS)
+        return check_permutation("scenario_order", v, SCENARIOS)
 
     @field_validator("qtype_order")
     @classmethod
     def _qtype_perm(cls, v: list[str]) -> list[str]:
-        return _check_permutation("qtype_order", v, QTYPES)
+        return check_permutation("qtype_order", v, QTYPES)
 
 
-def _check_permutation(field: str, value: list[str], valid: tuple[str, ...]) -> list[str]:
+def check_permutation(field: str, value: list[str], valid: tuple[str, ...]) -> list[str]:
     unknown = [x for x in value if x not in valid]
     if unknown or sorted(value) != sorted(valid):
         raise ValueError(

@@ -104,8 +104,10 @@ def _rows_to_samples(
         row_task = task
         if fields.task is not None:
             value = row.get(fields.task)
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = str(value)  # a numbered step column ("step": 3) names task "3"
             if not isinstance(value, str) or not value.strip():
-                pf.problem(f"must be a non-empty string naming the task, got {value!r}", loc, fields.task)
+                pf.problem(f"must be a non-empty string or integer naming the task, got {value!r}", loc, fields.task)
                 continue
             row_task = value.strip()
             if row_task not in tasks_seen:

@@ -68,6 +68,7 @@ class LwF(LoraFT):
     Options = LwFOptions
     supports = frozenset({"ddp"})
     options: LwFOptions
+    has_teacher: bool = False  # set once the teacher adapter holds a copy of the student
 
     def setup(self, model: torch.nn.Module) -> torch.nn.Module:
         model = super().setup(model)

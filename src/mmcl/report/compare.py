@@ -163,6 +163,39 @@ def _config_differences(run_dirs: list[Path]) -> list[str]:
     return [k for k in keys if len({repr(c.get(k)) for c in configs}) > 1]
 
 
+RunGroups = dict[tuple[str, str, str], list[tuple[Path, dict[str, Any]]]]
+
+
+def group_runs(run_dirs: Sequence[str | Path]) -> RunGroups:
+    """Load each run's results.json and group the runs by :data:`GROUP_KEY`, in order of first run.
+
+    Raises ``ResultsError`` for a bad run directory, ValueError for an empty list.
+    """
+    if not run_dirs:
+        raise ValueError("comparing needs at least one run directory")
+    groups: RunGroups = {}
+    for d in run_dirs:
+        results = load_results(d)
+        key = (str(results["name"]), str(results["method"]), str(results["benchmark"]))
+        groups.setdefault(key, []).append((Path(d), results))
+    return groups
+
+
+def group_notes(key: tuple[str, str, str], members: list[tuple[Path, dict[str, Any]]]) -> list[str]:
+    """Notes on one group: repeated seeds, configs that differ beyond the seed."""
+    name, method, benchmark = key
+    label = f"{name} ({method} on {benchmark})"
+    seeds = [r["seed"] for _, r in members]
+    notes = []
+    dup = sorted({s for s in seeds if seeds.count(s) > 1})
+    if dup:
+        notes.append(f"{label}: seed(s) {', '.join(map(str, dup))} appear more than once")
+    diff = _config_differences([d for d, _ in members])
+    if diff:
+        notes.append(f"{label}: configs differ beyond the seed in {', '.join(diff)}")
+    return notes
+
+
 def compare_runs(
     run_dirs: Sequence[str | Path], scorer: str = "primary", out_dir: str | Path | None = None
 ) -> ComparisonTable:
@@ -174,18 +207,9 @@ def compare_runs(
     writes compare.md and compare.json there. Raises ``ResultsError`` for a bad run
     directory or a run without that track, ValueError for an empty list.
     """
-    if not run_dirs:
-        raise ValueError("compare_runs needs at least one run directory")
-    groups: dict[tuple[str, str, str], list[tuple[Path, dict[str, Any]]]] = {}
-    for d in run_dirs:
-        results = load_results(d)
-        key = (str(results["name"]), str(results["method"]), str(results["benchmark"]))
-        groups.setdefault(key, []).append((Path(d), results))
-
     rows: list[ComparisonRow] = []
     notes: list[str] = []
-    for (name, method, benchmark), members in groups.items():
-        label = f"{name} ({method} on {benchmark})"
+    for (name, method, benchmark), members in group_runs(run_dirs).items():
         per_run = [track_metrics(r, scorer) for _, r in members]
         costs = [r.get("cost") or {} for _, r in members]
         seeds = [r["seed"] for _, r in members]
@@ -201,19 +225,14 @@ def compare_runs(
                 train_seconds=Stat.of([c.get("train_seconds") for c in costs]),
             )
         )
-        dup = sorted({s for s in seeds if seeds.count(s) > 1})
-        if dup:
-            notes.append(f"{label}: seed(s) {', '.join(map(str, dup))} appear more than once")
-        diff = _config_differences([d for d, _ in members])
-        if diff:
-            notes.append(f"{label}: configs differ beyond the seed in {', '.join(diff)}")
+        notes += group_notes((name, method, benchmark), members)
     table = ComparisonTable(scorer=scorer, rows=rows, notes=notes)
     if out_dir is not None:
         write_comparison(table, out_dir)
     return table
 
 
-def _fmt_stat(
+def fmt_stat(
     s: Stat, n_seeds: int, scale: float = 100.0, fmt: str = ".1f", hide_zero_std: bool = False
 ) -> str:
     if s.mean is None:
@@ -233,9 +252,9 @@ def _cells(row: ComparisonRow) -> list[str]:
         row.method,
         row.benchmark,
         str(n),
-        *(_fmt_stat(row.metrics[k], n) for k in METRIC_KEYS),
-        _fmt_stat(row.trainable_params, n, scale=1.0, fmt=",.0f", hide_zero_std=True),
-        _fmt_stat(row.train_seconds, n, scale=1.0),
+        *(fmt_stat(row.metrics[k], n) for k in METRIC_KEYS),
+        fmt_stat(row.trainable_params, n, scale=1.0, fmt=",.0f", hide_zero_std=True),
+        fmt_stat(row.train_seconds, n, scale=1.0),
     ]
 
 

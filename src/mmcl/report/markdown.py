@@ -267,9 +267,12 @@ def render_report(run_dir: str | Path, results: dict[str, Any], heatmaps: bool =
             align="l",
         ),
     ]
+    from mmcl.report.protocol import msvqa_section  # here: protocol imports this module
+
     sections = [
         "\n".join(head),
         _metrics_section(results),
+        *filter(None, [msvqa_section(results)]),
         _tasks_section(results),
         _matrix_section(run_dir, results, heatmaps),
         _cost_section(results),
