@@ -50,6 +50,8 @@ def test_outputs_and_full_matrix(lora_run: tuple[Path, dict]) -> None:
             assert set(rows[0]) >= {"question_id", "prediction", "answers", "scores"}
     assert (out / "matrix.csv").read_text().startswith("scorer,stage,")
     assert (out / "report.md").is_file() and (out / "heatmap-primary.png").stat().st_size > 1000
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Accuracy matrices" in html and "http://" not in html
     assert sorted(p.name for p in (out / "stages").iterdir()) == ["stage-01.json", "stage-02.json", "stage-03.json"]
     assert load_config([out / "config.yaml"]).seed == 3  # the resolved config round-trips
 

@@ -27,8 +27,13 @@ def run(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set method.name=ewc")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default runs/<time>-<name>/).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate config, data and model; print the plan; no training.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --output from its last finished stage and evaluation cell (same config required).")] = False,
 ) -> None:
-    """Run a continual-learning stream. With no CONFIG, runs the embedded default."""
+    """Run a continual-learning stream. With no CONFIG, runs the embedded default.
+
+    A run directory that already holds a run is refused unless --resume is given; --resume
+    continues it (or starts it, when the directory is new). See mmcl.checkpoint for details.
+    """
     from mmcl.config import ConfigError, load_config
 
     try:
@@ -41,7 +46,7 @@ def run(
     from mmcl.runner import Runner
 
     try:
-        runner = Runner(cfg, output_dir=output, console=console)
+        runner = Runner(cfg, output_dir=output, console=console, resume=resume)
         if dry_run:
             plan = runner.dry_run()
             _print_plan(plan, runner)
@@ -57,8 +62,9 @@ def run(
         f"forgetting {fmt(m['forgetting'])} (primary track, ×100)"
     )
     console.print(f"results: {run_dir / 'results.json'}")
-    if (run_dir / "report.md").exists():
-        console.print(f"report:  {run_dir / 'report.md'}")
+    for name in ("report.md", "report.html"):
+        if (run_dir / name).exists():
+            console.print(f"report:  {run_dir / name}")
     out.print(str(run_dir))
 
 
@@ -166,17 +172,29 @@ def validate_data(
 
 
 @app.command()
-def report(run_dir: Path) -> None:
-    """Rewrite a run's report.md, heatmaps and matrix.csv from its results.json."""
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (seeds of one config are grouped).")],
+    html: Annotated[Path | None, typer.Option("--html", help="Instead: write ONE self-contained HTML page of all the runs here (figures also as PNGs in <stem>-figures/ beside it); run directories are only read.")] = None,
+) -> None:
+    """Rewrite each run's report.md, heatmaps and matrix.csv from its results.json (or, with --html, one HTML page)."""
     from mmcl.report.markdown import write_report
     from mmcl.report.results import load_results, write_matrix_csv
 
-    try:
-        results = load_results(run_dir)
-    except (ValueError, OSError) as e:
-        _fail(str(e))
-    write_matrix_csv(run_dir, results)
-    out.print(str(write_report(run_dir, results)))
+    if html is not None:
+        from mmcl.report.html import write_html_report
+
+        try:
+            out.print(str(write_html_report(run_dirs, html)))
+        except (ValueError, OSError) as e:
+            _fail(str(e))
+        return
+    for run_dir in run_dirs:
+        try:
+            results = load_results(run_dir)
+        except (ValueError, OSError) as e:
+            _fail(str(e))
+        write_matrix_csv(run_dir, results)
+        out.print(str(write_report(run_dir, results)))
 
 
 @app.command("list")

@@ -7,9 +7,13 @@ Output directory layout::
     matrix.csv                       the matrices as CSV
     predictions/zero-shot/<task>.jsonl, predictions/stage-XX/<task>.jsonl
     stages/stage-XX.json             stage-complete markers (written last, atomically)
+    checkpoint/                      the latest stage's trainable weights, method state, RNG (resume point)
     report.md, heatmap-<track>.png
 
-Every file is written atomically (temporary file, fsync, rename).
+Every file is written atomically (temporary file, fsync, rename). Predictions are written
+per task as each evaluation cell finishes. ``Runner(..., resume=True)`` (``mmcl run --resume``)
+continues an interrupted run from its last finished stage and evaluation cell; see
+:mod:`mmcl.checkpoint` for the checkpoint layout and what a resume restores.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import mmcl
+from mmcl import checkpoint as ckpt
 from mmcl.benchmarks.builtin import build_benchmark
 from mmcl.config import RunConfig, to_yaml
 from mmcl.data.sample import Benchmark, Task
@@ -112,10 +118,20 @@ def check_distributed_support(method_cls: type[Method], setting: str | None) -> 
 class Runner:
     """Builds everything from a RunConfig and runs the stream."""
 
-    def __init__(self, cfg: RunConfig, output_dir: str | Path | None = None, console: Console | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        output_dir: str | Path | None = None,
+        console: Console | None = None,
+        resume: bool = False,
+    ):
         self.cfg = cfg
         self.console = console or Console(stderr=True)
+        if resume and not (output_dir or cfg.output.dir):
+            raise ckpt.RunDirError("--resume needs the run directory to continue: pass --output (or output.dir)")
         self.output_dir = Path(output_dir or cfg.output.dir or default_output_dir(cfg))
+        self.resume = resume
+        self.already_complete = False  # set by run() when --resume finds a finished run
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         seed_everything(cfg.seed)
@@ -132,6 +148,7 @@ class Runner:
         self.bundle.model.to(self.device)
         self.ctx = RunContext(cfg, self.bundle, self.benchmark, self.device, cfg.seed)
         self.method: Method = build_method(self.ctx)
+        self.tracker = ckpt.TrainableTracker(self.bundle.model)  # before setup: these are the base weights
         seed_everything(cfg.seed)
         self.model = self.method.setup(self.bundle.model)
         self.encoder = Encoder(self.bundle.processor)
@@ -187,9 +204,17 @@ class Runner:
     # ------------------------------------------------------------------ running
     def run(self) -> Path:
         out = self.output_dir
+        point = ckpt.inspect_run_dir(out, self.cfg, self.resume)
+        if point is not None and point.complete:
+            self.already_complete = True
+            self.console.print(f"nothing to do: the run in {escape(str(out))} is already complete")
+            return out
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "config.yaml", to_yaml(self.cfg))
+            if point is None:
+                out.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(out / "config.yaml", to_yaml(self.cfg))
+            if point is None or point.manifest is None:
+                ckpt.start_manifest(out, self.cfg)
         except OSError as e:
             raise OSError(f"output directory {out} is not writable: {e}") from None
         state = RunState()
@@ -199,29 +224,64 @@ class Runner:
             self.progress = progress
             if self.cfg.eval.zero_shot or schedule == "none":
                 with self._base_model():
-                    row = self._evaluate_all("zero-shot", tasks)
+                    row = self._evaluate_all("zero-shot", tasks, 0, reuse=point is not None)
                 state.zero_shot = self._row_to_tracks(row)
                 self._log_stage("zero-shot", None, row, state)
-            if schedule == "sequential":
-                for t, task in enumerate(tasks):
-                    self._train_stage(t, task, state)
-                    seen = tasks if self.cfg.eval.full_matrix else tasks[: t + 1]
-                    row = self._evaluate_all(f"stage-{t + 1:02d}", seen)
-                    self._add_row(state, f"after {task.name}", row)
-                    self._finish_stage(t, task, row, state)
-            elif schedule == "joint":
-                self._train_stage(0, tasks[0], state, label="joint")
-                row = self._evaluate_all("stage-01", tasks)
-                self._add_row(state, "after joint training", row)
-                self._finish_stage(0, None, row, state)
-            else:
+            done, trained = self._restore(point, state) if point is not None else (0, 0)
+            for t, task in self._stages():
+                if t < done:
+                    continue
+                joint = schedule == "joint"
+                if t >= trained:
+                    self._train_stage(t, task, state, label="joint" if joint else None)
+                seen = tasks if joint or self.cfg.eval.full_matrix else tasks[: t + 1]
+                row = self._evaluate_all(ckpt.stage_dir_name(t + 1), seen, t + 1, reuse=t < trained)
+                self._add_row(state, self._row_name(t), row)
+                self._finish_stage(t, None if joint else task, row, state)
+            if schedule == "none":
                 state.stage_names.append("zero-shot")
                 for track, values in (state.zero_shot or {}).items():
                     state.rows.setdefault(track, []).append(list(values))
         results = self._results(state)
         atomic_write_json(out / "results.json", results)
         self._write_tables(results)
+        ckpt.mark_complete(out)
         return out
+
+    def _stages(self) -> list[tuple[int, Task]]:
+        """(stage index, task) of every training stage: one per task, one for joint, none for zero-shot."""
+        tasks = self.benchmark.tasks
+        return {"sequential": list(enumerate(tasks)), "joint": [(0, tasks[0])], "none": []}[self.method.schedule]
+
+    def _row_name(self, t: int) -> str:
+        if self.method.schedule == "joint":
+            return "after joint training"
+        return f"after {self.benchmark.tasks[t].name}"
+
+    def _restore(self, point: ckpt.ResumePoint, state: RunState) -> tuple[int, int]:
+        """Reload finished stages' rows and the latest checkpoint; returns (finished, trained) stage counts."""
+        self.console.print(
+            f"resuming {escape(str(self.output_dir))}: {point.done_stages} stage(s) finished"
+            + (f", stage {point.trained_stages} trained" if point.trained_stages > point.done_stages else "")
+        )
+        tasks = {t.name: t for t in self.benchmark.tasks}
+        for t, marker in enumerate(point.markers):
+            row = {name: TaskResult(name, scores, []) for name, scores in marker["scores"].items() if name in tasks}
+            self._add_row(state, self._row_name(t), row)
+            state.stage_stats.append(marker["stats"])
+        manifest = point.manifest
+        if manifest is not None and point.trained_stages > 0:
+            skipped = ckpt.load_checkpoint(self.output_dir, manifest, self.method, self.tracker)
+            if skipped:
+                self.console.print(
+                    f"[dim]checkpoint: {len(skipped)} saved tensor(s) not in the model yet, left for the method "
+                    f"to rebuild (e.g. {escape(skipped[0])})[/]"
+                )
+            if point.trained_stages > point.done_stages:
+                state.stage_stats.append(manifest["stats"])
+            self._eval_seconds = getattr(self, "_eval_seconds", 0.0) + float(manifest.get("eval_seconds", 0.0))
+        state.train_seconds = sum(float(s.get("train_seconds", 0.0)) for s in state.stage_stats)
+        return point.done_stages, point.trained_stages
 
     class _NullCtx:
         def __enter__(self) -> None:
@@ -249,8 +309,9 @@ class Runner:
 
     def _train_stage(self, t: int, task: Task, state: RunState, label: str | None = None) -> None:
         cfg = self.cfg
-        seed_everything(cfg.seed * 7919 + t)
+        seed_everything(cfg.seed * 7919 + t)  # a stage's randomness depends on (seed, t) only: resumable
         self.method.before_task(t, task)
+        self.tracker.note(self.method.model)
         samples = self.method.train_samples(t, task)
         if not samples:
             raise ValueError(f"task {task.name!r} has no training samples")
@@ -260,6 +321,7 @@ class Runner:
 
         def on_step(step: int, loss: float) -> None:
             self.progress.update(bar, completed=step, info=f"loss {loss:.3f}")
+            ckpt.kill_if_asked("train", t + 1, step)
 
         stats = train_on(
             self.method, encoded, cfg.train, self.accelerator, t, cfg.seed,
@@ -281,18 +343,30 @@ class Runner:
                 "trainable_params": count_trainable(self.method.model),
             }
         )
+        ckpt.save_checkpoint(
+            self.output_dir, cfg, t + 1, label or task.name, self.method, self.tracker,
+            state.stage_stats[-1], getattr(self, "_eval_seconds", 0.0),
+        )
 
     def _encoded_test(self, task: Task) -> list[Encoded]:
         if task.name not in self._test_cache:
             self._test_cache[task.name] = self.encoder.encode(task.test, with_answer=False)
         return self._test_cache[task.name]
 
-    def _evaluate_all(self, stage_dir: str, tasks: list[Task]) -> dict[str, TaskResult]:
+    def _evaluate_all(self, stage_dir: str, tasks: list[Task], stage: int, reuse: bool = False) -> dict[str, TaskResult]:
+        """Evaluate ``tasks`` (``stage`` 0 is the zero-shot row); with ``reuse``, reload cells already written."""
         t0 = time.perf_counter()
         total = sum(len(t.test) for t in tasks)
         bar = self.progress.add_task(f"eval {stage_dir}", total=total, info="")
         results: dict[str, TaskResult] = {}
+        computed = 0
         for task in tasks:
+            path = self.output_dir / "predictions" / stage_dir / f"{task.name}.jsonl"
+            saved = ckpt.load_cell(path, task) if reuse else None
+            if saved is not None:
+                results[task.name] = saved
+                self.progress.advance(bar, len(task.test))
+                continue
             res = evaluate_task(
                 self.method,
                 task,
@@ -305,7 +379,9 @@ class Runner:
             )
             results[task.name] = res
             if self.cfg.eval.save_predictions:
-                atomic_write_jsonl(self.output_dir / "predictions" / stage_dir / f"{task.name}.jsonl", res.predictions)
+                atomic_write_jsonl(path, res.predictions)
+            computed += 1
+            ckpt.kill_if_asked("eval", stage, computed)
         self.progress.remove_task(bar)
         self._eval_seconds = getattr(self, "_eval_seconds", 0.0) + time.perf_counter() - t0
         return results
@@ -397,4 +473,7 @@ class Runner:
 
         write_matrix_csv(self.output_dir, results)
         if self.cfg.output.report:
+            from mmcl.report.html import write_html_report
+
             write_report(self.output_dir, results)
+            write_html_report([self.output_dir], self.output_dir / "report.html", benchmark=self.benchmark)

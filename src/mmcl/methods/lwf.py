@@ -73,6 +73,7 @@ class LwF(LoraFT):
     def setup(self, model: torch.nn.Module) -> torch.nn.Module:
         model = super().setup(model)
         self.has_teacher = False
+        self.add_teacher_adapter()  # now, not at the first copy: a resumed run draws the same RNG
         return model
 
     # ------------------------------------------------------------------ teacher
@@ -84,11 +85,7 @@ class LwF(LoraFT):
     def copy_student_to_teacher(self) -> None:
         """Make the ``teacher`` adapter an exact, frozen copy of the current ``default`` adapter."""
         model = self.model
-        if TEACHER not in model.peft_config:
-            grads = {p: p.requires_grad for p in model.parameters()}
-            model.add_adapter(TEACHER, lora_config(self))
-            for p, rg in grads.items():  # add_adapter must not change the existing parameters' flags
-                p.requires_grad = rg
+        self.add_teacher_adapter()
         state = get_peft_model_state_dict(model, adapter_name=STUDENT)
         result = set_peft_model_state_dict(model, state, adapter_name=TEACHER)
         bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k or "modules_to_save" in k]
@@ -97,6 +94,18 @@ class LwF(LoraFT):
         for p in self.teacher_parameters():
             p.requires_grad = False
         self.has_teacher = True
+
+    def add_teacher_adapter(self) -> None:
+        """Create the frozen ``teacher`` adapter (once), leaving every existing ``requires_grad`` as it was."""
+        model = self.model
+        if TEACHER in model.peft_config:
+            return
+        grads = {p: p.requires_grad for p in model.parameters()}
+        model.add_adapter(TEACHER, lora_config(self))
+        for p, rg in grads.items():
+            p.requires_grad = rg
+        for p in self.teacher_parameters():
+            p.requires_grad = False
 
     def teacher_parameters(self) -> list[torch.nn.Parameter]:
         return [
@@ -153,7 +162,5 @@ class LwF(LoraFT):
 
     # ------------------------------------------------------------------ bookkeeping
     def cost(self) -> dict[str, Any]:
-        held = 0
-        if self.has_teacher:
-            held = sum(v.numel() * v.element_size() for v in self.teacher_parameters())
+        held = sum(v.numel() * v.element_size() for v in self.teacher_parameters())
         return {"params_added_per_task": 0, "held_bytes": {"teacher_adapter": held}}

@@ -7,18 +7,12 @@ are labelled T1..Tn in matrix columns and heatmaps, with a legend mapping T-numb
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from matplotlib import colormaps
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
-
+from mmcl.report.figures import plot_heatmap, task_label
 from mmcl.report.results import (
     row_labels,
     track_matrix,
@@ -27,7 +21,7 @@ from mmcl.report.results import (
     track_task_indices,
     track_zero_shot,
 )
-from mmcl.utils.io import atomic_write_bytes, atomic_write_text
+from mmcl.utils.io import atomic_write_text
 
 REPORT_FILE = "report.md"
 MISSING = "–"
@@ -39,7 +33,7 @@ METRIC_COLUMNS = (
     ("fwt", "FWT"),
     ("forgetting", "forgetting"),
 )
-_METRIC_HELP = (
+METRIC_HELP = (
     "last = mean score on every task after the final stage; "
     "average = mean over stages of the mean score on the tasks seen so far; "
     "MFT = mean score on each task right after training it; "
@@ -52,11 +46,6 @@ _METRIC_HELP = (
 def fmt_score(v: float | None) -> str:
     """A [0, 1] score as ×100 with one decimal, or ``–`` for None."""
     return MISSING if v is None else f"{100 * float(v):.1f}"
-
-
-def task_label(j: int) -> str:
-    """Short column label of the j-th task (0-based): ``T1``, ``T2``..."""
-    return f"T{j + 1}"
 
 
 def heatmap_filename(track: str) -> str:
@@ -73,72 +62,6 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "r
     lines.append("|" + "|".join([":---"] + [("---:" if align == "r" else ":---")] * (len(header) - 1)) + "|")
     lines += ["| " + " | ".join(_esc(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def plot_heatmap(
-    matrix: Sequence[Sequence[float | None]],
-    tasks: Sequence[str],
-    path: str | Path,
-    title: str,
-    zero_shot: Sequence[float | None] | None = None,
-    row_labels: Sequence[str] | None = None,
-) -> Path:
-    """Draw an accuracy matrix as an annotated heatmap PNG (atomic write) and return its path.
-
-    Rows are stages (``row_labels``, default "after T1"...), columns tasks (T1..Tn); an
-    optional zero-shot row goes on top. Cells show the score ×100; null cells are left
-    blank; for a T x T matrix the diagonal cells (score right after training that task)
-    are outlined. The figure grows with the task count.
-    """
-    n_tasks = len(tasks)
-    labels = (
-        list(row_labels) if row_labels is not None else [f"after {task_label(t)}" for t in range(len(matrix))]
-    )
-    rows: list[Sequence[float | None]] = list(matrix)
-    offset = 0
-    if zero_shot is not None:
-        rows = [zero_shot, *rows]
-        labels = ["zero-shot", *labels]
-        offset = 1
-    data = np.array([[np.nan if v is None else 100.0 * float(v) for v in r] for r in rows], dtype=float)
-    data = data.reshape(len(rows), n_tasks)
-    masked = np.ma.masked_invalid(data)
-
-    cell = 0.75 if n_tasks <= 8 else 0.55 if n_tasks <= 14 else 0.5
-    font = 9 if n_tasks <= 8 else 7 if n_tasks <= 14 else 6
-    fig = Figure(figsize=(n_tasks * cell + 2.8, max(len(rows), 1) * cell + 1.6), layout="constrained")
-    ax = fig.add_subplot()
-    norm = Normalize(vmin=0.0, vmax=100.0)
-    cmap = colormaps["viridis"].with_extremes(bad="white")
-    im = ax.imshow(masked, cmap=cmap, norm=norm, aspect="auto")
-    for i in range(data.shape[0]):
-        for j in range(n_tasks):
-            v = data[i, j]
-            if np.isnan(v):
-                continue
-            r, g, b, _ = cmap(norm(v))
-            color = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=font, color=color)
-    for t in range(n_tasks if len(matrix) == n_tasks else 0):
-        ax.add_patch(
-            Rectangle((t - 0.5, t + offset - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.2)
-        )
-    if offset:
-        ax.axhline(0.5, color="black", linewidth=1.0)
-    ax.set_xticks(range(n_tasks), [task_label(j) for j in range(n_tasks)], fontsize=font + 1)
-    ax.set_yticks(range(len(rows)), labels, fontsize=font + 1)
-    ax.xaxis.tick_top()
-    ax.xaxis.set_label_position("top")
-    ax.set_xlabel("evaluated task", fontsize=font + 2)
-    ax.set_ylabel("stage (after training)", fontsize=font + 2)
-    ax.set_title(title, fontsize=font + 3)
-    fig.colorbar(im, ax=ax, label="score ×100", shrink=0.9)
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 def _fmt_seconds(s: float) -> str:
@@ -176,7 +99,7 @@ def _metrics_section(results: dict[str, Any]) -> str:
         "Scores ×100. `primary` uses each task's first declared scorer; a scorer track is "
         "computed over the tasks scored in every evaluated stage (column *tasks*). "
         f"`{MISSING}` = not computable (e.g. FWT without zero-shot scores; a run with one "
-        "evaluated row, such as joint training or zero-shot only, has only *last*).\n\n" + _METRIC_HELP
+        "evaluated row, such as joint training or zero-shot only, has only *last*).\n\n" + METRIC_HELP
     )
     return "## Metrics\n\n" + _table(header, rows) + "\n\n" + note
 

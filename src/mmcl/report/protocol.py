@@ -50,7 +50,7 @@ VQA_TRACK = "vqa_score"
 F1_TRACKS = ("box_f1", "token_f1")  # in order of preference per task
 SUMMARY_KEYS = ("last_vqa", "last_f1", "average_vqa", "average_f1", "forgetting_vqa", "forgetting_f1")
 """Keys of one scope in :func:`msvqa_summary` (plus ``tasks``, ``vqa_tasks``, ``f1_tasks``)."""
-_LABELS = {
+PROTOCOL_LABELS = {
     "last_vqa": "last VQA",
     "last_f1": "last F1",
     "average_vqa": "average VQA",
@@ -167,7 +167,7 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def render_msvqa_markdown(summary: dict[str, Any]) -> str:
     """The summary of one run as a Markdown section (``## MSVQA protocol``)."""
-    header = ["scope", "tasks", "VQA / F1 tasks", *(_LABELS[k] for k in SUMMARY_KEYS)]
+    header = ["scope", "tasks", "VQA / F1 tasks", *(PROTOCOL_LABELS[k] for k in SUMMARY_KEYS)]
     rows = [
         [
             scope,
@@ -298,7 +298,7 @@ def _rows(cmp: ProtocolComparison) -> list[list[str]]:
 
 
 def _header() -> list[str]:
-    return ["name", "method", "seeds", "scope", *(_LABELS[k] for k in COMPARE_KEYS)]
+    return ["name", "method", "seeds", "scope", *(PROTOCOL_LABELS[k] for k in COMPARE_KEYS)]
 
 
 def _legend(cmp: ProtocolComparison, definitions: bool = True) -> str:

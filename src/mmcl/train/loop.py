@@ -66,6 +66,10 @@ def train_on(
         num_warmup_steps=int(cfg.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
+    # Accumulate cfg.grad_accum batches per update; the counter restarts with every stage so that a
+    # stage's result depends only on (seed, stage), which a resumed run relies on.
+    accelerator.gradient_accumulation_steps = cfg.grad_accum
+    accelerator.step = 0
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     model.train()
     step, samples, tokens, losses = 0, 0, 0, []
