@@ -247,3 +247,42 @@ def test_branches_wrap_qwen_vision_blocks(kind: str) -> None:
         assert all(m.up[k].weight.abs().sum() == 0 for k in (0, 1, 3))
     with branches.disabled():
         torch.testing.assert_close(features(), before, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- unifier-quad
+
+
+def test_unifier_quad_teacher_is_the_whole_previous_model(tiny_llava_dir: Path) -> None:
+    from mmcl.methods.unifier_quad import UnifierQuad
+
+    method = build_test_method(tiny_llava_dir, "unifier-quad", ORDER)
+    assert isinstance(method, UnifierQuad)
+    train_stage(method, 0)
+    method.before_task(1, method.ctx.benchmark.tasks[1])
+    assert method.pairs and method.branches is not None and method.branches.has_teacher
+    replay = method.replay_batch(torch.device("cpu"))
+    method.model.eval()
+    with torch.no_grad():
+        kl, attention = method.stability_losses(replay)  # the student still is the teacher
+    assert kl.item() == pytest.approx(0.0, abs=1e-6) and attention.item() == pytest.approx(0.0, abs=1e-6)
+    teacher_before = method.teacher_logits(replay)
+    with torch.no_grad():  # move the live branches only: the teacher (its own frozen copies) must not move
+        for m in method.branches.modules:
+            m.up[0].weight.add_(0.5)
+    torch.testing.assert_close(method.teacher_logits(replay), teacher_before)
+    with torch.no_grad():
+        kl, _ = method.stability_losses(replay)
+    assert kl.item() > 1e-4, "the student's changed branches did not show in the replay distillation"
+
+
+def test_unifier_quad_needs_the_lm_lora(tiny_llava_dir: Path) -> None:
+    with pytest.raises(ValueError, match="lm_lora must be true"):
+        build_test_method(tiny_llava_dir, "unifier-quad", ORDER, "method.lm_lora=false", setup=False)
+
+
+def test_unifier_quad_end_to_end(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    results = run_quick(tiny_llava_dir, tmp_path / "run", "method.name=unifier-quad")
+    cost = results["cost"]
+    assert results["method"] == "unifier-quad" and len(results["matrix"]["primary"]) == 3
+    assert cost["branches"] == 3 and cost["questions_stored"] > 0
+    assert cost["held_bytes"]["teacher_branches"] > 0 and cost["held_bytes"]["teacher_adapter"] > 0

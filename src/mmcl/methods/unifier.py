@@ -122,17 +122,17 @@ def consistency_loss(
     return total / len(outputs)
 
 
-@METHODS.register("unifier")
-class Unifier(Method):
-    """Scenario branches in every vision block + a consistency constraint (+ an optional LM LoRA)."""
+class VisionBranchMixin:
+    """UNIFIER's vision side (branches, their schedule, the VCC), shared by ``unifier`` and ``unifier-quad``.
 
-    name = "unifier"
-    Options = UnifierOptions
-    supports = frozenset({"ddp"})
+    The host class is a :class:`Method` whose options include :class:`UnifierOptions`' fields.
+    """
+
+    ctx: RunContext
     options: UnifierOptions
+    model: torch.nn.Module
 
-    def __init__(self, ctx: RunContext, options: MethodOptions) -> None:
-        super().__init__(ctx, options)
+    def init_branches(self, ctx: RunContext) -> None:
         self.keys = branch_keys(ctx.benchmark.tasks)
         k = self.options.num_branches or len(self.keys)
         if k < len(self.keys):
@@ -144,38 +144,13 @@ class Unifier(Method):
         self.branch: int | None = None
         self.branches: VisionBranches | None = None
 
-    # ------------------------------------------------------------------ lifecycle
-    def setup(self, model: torch.nn.Module) -> torch.nn.Module:
-        torch.manual_seed(self.ctx.seed)
+    def install_branches(self, model: torch.nn.Module) -> None:
+        """Add the branches to every vision block; ``model.disable_adapter`` then switches them off too."""
         o = self.options
-        if o.lm_lora:
-            model = get_peft_model(model, lora_config(self))  # freezes everything but the LoRA
-        else:
-            for p in model.parameters():
-                p.requires_grad_(False)
-            if self.ctx.config.model.train_projector:
-                model.get_submodule(self.ctx.bundle.family.projector).requires_grad_(True)
         self.branches = install_branches(model, self.num_branches, o.bottleneck, o.scale, o.activation)
         self.branches.freeze()  # nothing of the branches trains before the first step
         self._peft_disable = getattr(model, "disable_adapter", None)
         model.disable_adapter = self.disable_adapter  # the runner's zero-shot context
-        self.model = model
-        return model
-
-    def branch_of(self, task: Task) -> int:
-        return self.keys.index(task.scenario or task.name)
-
-    def before_task(self, stage: int, task: Task) -> None:
-        assert self.branches is not None
-        self.branch = self.branch_of(task)
-        self.branches.set_trainable(self.branch)
-        if stage > 0 and self.options.lambda_vcc > 0 and self.options.projector_term:
-            self.branches.snapshot_teacher()
-        self.branches.set_record(self.options.lambda_vcc > 0)
-
-    def after_task(self, stage: int, task: Task) -> None:
-        assert self.branches is not None
-        self.branches.set_record(False)
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -184,18 +159,35 @@ class Unifier(Method):
         with self.branches.disabled(), (self._peft_disable() if self._peft_disable else contextlib.nullcontext()):
             yield
 
-    # ------------------------------------------------------------------ loss
-    def extra_loss(self, batch: dict[str, torch.Tensor], outputs: Any, stage: int) -> torch.Tensor | None:
-        if self.options.lambda_vcc == 0 or self.branches is None:
+    def branch_of(self, task: Task) -> int:
+        return self.keys.index(task.scenario or task.name)
+
+    def open_branch(self, stage: int, task: Task, need_teacher: bool = False) -> None:
+        """Make branch k(task) and the projections trainable; snapshot the teacher branches if needed."""
+        assert self.branches is not None
+        self.branch = self.branch_of(task)
+        self.branches.set_trainable(self.branch)
+        o = self.options
+        if stage > 0 and (need_teacher or (o.lambda_vcc > 0 and o.projector_term)):
+            self.branches.snapshot_teacher()
+        self.branches.set_record(o.lambda_vcc > 0)
+
+    def close_branch(self) -> None:
+        assert self.branches is not None
+        self.branches.set_record(False)
+
+    def vcc_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """``lambda * VCC`` on the branch outputs recorded in the batch's forward pass."""
+        o = self.options
+        if o.lambda_vcc == 0 or self.branches is None:
             return None
         student = self.branches.recorded()
         teacher = None
-        if self.options.projector_term and self.branches.has_teacher:
+        if o.projector_term and self.branches.has_teacher:
             vision = {k: batch[k] for k in VISION_KEYS if k in batch}
             if "pixel_values" in vision:
                 teacher = self.branches.teacher_outputs(lambda: self.vision_forward(vision))
-        loss = consistency_loss(student, self.options.tau, teacher, self.options.detach_prototype)
-        return self.options.lambda_vcc * loss
+        return o.lambda_vcc * consistency_loss(student, o.tau, teacher, o.detach_prototype)
 
     def vision_forward(self, vision: dict[str, torch.Tensor]) -> Any:
         """Run the vision tower (through the model's own ``get_image_features``) on a batch's images."""
@@ -207,19 +199,17 @@ class Unifier(Method):
         finally:
             model.train(was_training)
 
-    # ------------------------------------------------------------------ bookkeeping
     def _branch_tensors(self) -> dict[str, torch.Tensor]:
         assert self.branches is not None
         return {
             f"{slot.name}.{n}": p for slot in self.branches.slots for n, p in slot.live.named_parameters()
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        """The branch and projection weights of every block (the LM LoRA is saved with the model)."""
-        return {"branches": {k: v.detach().cpu().clone() for k, v in self._branch_tensors().items()}}
+    def branch_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self._branch_tensors().items()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        own, saved = self._branch_tensors(), state["branches"]
+    def load_branch_state(self, saved: dict[str, torch.Tensor]) -> None:
+        own = self._branch_tensors()
         if set(own) != set(saved):
             missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
             raise ValueError(f"unifier state: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -229,11 +219,9 @@ class Unifier(Method):
                     raise ValueError(f"unifier state: {k} has shape {tuple(t.shape)}, expected {tuple(own[k].shape)}")
                 own[k].copy_(t.to(own[k].device, own[k].dtype))
 
-    def cost(self) -> dict[str, Any]:
+    def branch_cost(self) -> dict[str, Any]:
         assert self.branches is not None
         mods = self.branches.modules
-        per_branch = sum(sum(p.numel() for p in m.branch_parameters(0)) for m in mods)
-        shared = sum(sum(p.numel() for p in m.proj.parameters()) for m in mods)
         teacher = sum(
             p.numel() * p.element_size()
             for s in self.branches.slots
@@ -241,9 +229,56 @@ class Unifier(Method):
             for p in s.teacher.parameters()
         )
         return {
-            "params_added_per_task": 0,
-            "params_per_branch": per_branch,
+            "params_per_branch": sum(sum(p.numel() for p in m.branch_parameters(0)) for m in mods),
             "branches": self.num_branches,
-            "shared_projection_params": shared,
-            "held_bytes": {"teacher_branches": teacher},
+            "shared_projection_params": sum(sum(p.numel() for p in m.proj.parameters()) for m in mods),
+            "teacher_branches_bytes": teacher,
         }
+
+
+@METHODS.register("unifier")
+class Unifier(VisionBranchMixin, Method):
+    """Scenario branches in every vision block + a consistency constraint (+ an optional LM LoRA)."""
+
+    name = "unifier"
+    Options = UnifierOptions
+    supports = frozenset({"ddp"})
+    options: UnifierOptions
+
+    def __init__(self, ctx: RunContext, options: MethodOptions) -> None:
+        super().__init__(ctx, options)
+        self.init_branches(ctx)
+
+    def setup(self, model: torch.nn.Module) -> torch.nn.Module:
+        torch.manual_seed(self.ctx.seed)
+        if self.options.lm_lora:
+            model = get_peft_model(model, lora_config(self))  # freezes everything but the LoRA
+        else:
+            for p in model.parameters():
+                p.requires_grad_(False)
+            if self.ctx.config.model.train_projector:
+                model.get_submodule(self.ctx.bundle.family.projector).requires_grad_(True)
+        self.install_branches(model)
+        self.model = model
+        return model
+
+    def before_task(self, stage: int, task: Task) -> None:
+        self.open_branch(stage, task)
+
+    def after_task(self, stage: int, task: Task) -> None:
+        self.close_branch()
+
+    def extra_loss(self, batch: dict[str, torch.Tensor], outputs: Any, stage: int) -> torch.Tensor | None:
+        return self.vcc_loss(batch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The branch and projection weights of every block (the LM LoRA is saved with the model)."""
+        return {"branches": self.branch_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.load_branch_state(state["branches"])
+
+    def cost(self) -> dict[str, Any]:
+        c = self.branch_cost()
+        held = c.pop("teacher_branches_bytes")
+        return {"params_added_per_task": 0, **c, "held_bytes": {"teacher_branches": held}}

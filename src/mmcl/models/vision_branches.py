@@ -162,18 +162,30 @@ class VisionBranches:
             raise RuntimeError("no teacher branches: call snapshot_teacher() first")
         teachers = [s.teacher for s in self.slots]
         try:
-            for s in self.slots:
-                s.use_teacher = True
-                s.teacher.record, s.teacher.last = True, None  # type: ignore[union-attr]
-            forward()
+            for t in teachers:
+                t.record, t.last = True, None  # type: ignore[union-attr]
+            with self.teacher_mode():
+                forward()
             outs = [t.last for t in teachers]  # type: ignore[union-attr]
         finally:
-            for s in self.slots:
-                s.use_teacher = False
-                s.teacher.record, s.teacher.last = False, None  # type: ignore[union-attr]
+            for t in teachers:
+                t.record, t.last = False, None  # type: ignore[union-attr]
         if any(o is None for o in outs):
             raise RuntimeError("the teacher forward pass did not run every vision block")
         return outs  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def teacher_mode(self) -> Iterator[None]:
+        """Run every block with its frozen teacher copy in place of its live branches."""
+        if not self.has_teacher:
+            raise RuntimeError("no teacher branches: call snapshot_teacher() first")
+        try:
+            for s in self.slots:
+                s.use_teacher = True
+            yield
+        finally:
+            for s in self.slots:
+                s.use_teacher = False
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:

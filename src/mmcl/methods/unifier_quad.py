@@ -1,0 +1,97 @@
+"""``unifier-quad``: UNIFIER's vision side plus QUAD's question-only replay on the language side.
+
+The UNIFIER notes say it is evaluated in QUAD's regime ("images are not stored, but text
+questions may be kept as exemplars"); whether UNIFIER itself replays questions is not stated
+(shared/references/unifier_quad_msvqa.md §1.3). This composite answers the question "what do
+UNIFIER's vision branches add on top of question replay?" on streams where much of the forgetting
+is on the language side (``unifier`` alone protects only the vision tower):
+
+* vision: exactly ``unifier`` (scenario branches + shared projection in every vision block, the
+  vision consistency constraint; :class:`~mmcl.methods.unifier.VisionBranchMixin`);
+* language: exactly ``quad`` (one LoRA adapter through the stream; old questions about current
+  images, answered by the previous step's model; answer-token and attention distillation).
+
+The previous step's model is the teacher adapter AND the teacher copy of the branches: QUAD's
+teacher forwards run with the frozen branches of the start of the stage, so the distillation
+target is the whole previous model, not a hybrid. All options of both methods apply
+(``lm_lora`` must stay true: QUAD distils the language model's LoRA).
+
+Distributed: ``ddp`` only (both parts are).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from pydantic import model_validator
+
+from mmcl.data.sample import Task
+from mmcl.methods.base import METHODS, RunContext
+from mmcl.methods.quad import Quad, QuadOptions
+from mmcl.methods.unifier import UnifierOptions, VisionBranchMixin
+
+
+class UnifierQuadOptions(UnifierOptions, QuadOptions):
+    """Every option of ``unifier`` and of ``quad``."""
+
+    @model_validator(mode="after")
+    def _needs_lm_lora(self) -> UnifierQuadOptions:
+        if not self.lm_lora:
+            raise ValueError("lm_lora must be true: QUAD's replay distils the language model's LoRA")
+        return self
+
+
+@METHODS.register("unifier-quad")
+class UnifierQuad(VisionBranchMixin, Quad):
+    """UNIFIER's branches and VCC in the vision tower, QUAD's question replay on the language model."""
+
+    name = "unifier-quad"
+    Options = UnifierQuadOptions
+    supports = frozenset({"ddp"})
+    options: UnifierQuadOptions  # type: ignore[assignment]
+
+    def __init__(self, ctx: RunContext, options: UnifierQuadOptions) -> None:
+        super().__init__(ctx, options)
+        self.init_branches(ctx)
+
+    def setup(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = super().setup(model)  # quad: peft LoRA + the teacher adapter
+        self.install_branches(model)
+        return model
+
+    def before_task(self, stage: int, task: Task) -> None:
+        # The branches' teacher copy first: QUAD's before_task lets the model (still equal to the
+        # previous step's) answer the replay questions, and its teacher forwards use these copies.
+        self.open_branch(stage, task, need_teacher=True)
+        super().before_task(stage, task)
+
+    def after_task(self, stage: int, task: Task) -> None:
+        self.close_branch()
+        super().after_task(stage, task)
+
+    @torch.no_grad()
+    def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The previous step's model: teacher adapter and teacher branches."""
+        assert self.branches is not None
+        with self.branches.teacher_mode():
+            return super().teacher_logits(batch)
+
+    def extra_loss(self, batch: dict[str, torch.Tensor], outputs: Any, stage: int) -> torch.Tensor | None:
+        vcc = self.vcc_loss(batch)  # first: QUAD's replay forwards overwrite the recorded branch outputs
+        quad = super().extra_loss(batch, outputs, stage)
+        terms = [t for t in (vcc, quad) if t is not None]
+        return sum(terms[1:], terms[0]) if terms else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "branches": self.branch_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.load_branch_state(state["branches"])
+
+    def cost(self) -> dict[str, Any]:
+        cost = super().cost()
+        branches = self.branch_cost()
+        cost["held_bytes"]["teacher_branches"] = branches.pop("teacher_branches_bytes")
+        return {**cost, **branches}
