@@ -19,6 +19,7 @@ model weights; ``cost`` reports memory the method holds between tasks.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -53,6 +54,21 @@ class RunContext:
         return self.bundle.model
 
 
+def copy_tensors_into(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], who: str) -> None:
+    """Copy ``saved`` into the live tensors ``own`` (same names, same shapes), for ``load_state_dict``.
+
+    Raises ValueError naming missing/unexpected names or the first shape mismatch (``who`` prefixes it).
+    """
+    if set(own) != set(saved):
+        missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
+        raise ValueError(f"{who} state: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    with torch.no_grad():
+        for k, t in saved.items():
+            if t.shape != own[k].shape:
+                raise ValueError(f"{who} state: {k} has shape {tuple(t.shape)}, expected {tuple(own[k].shape)}")
+            own[k].copy_(t.to(own[k].device, own[k].dtype))
+
+
 Distributed = Literal["ddp", "fsdp", "zero1", "zero2", "zero3"]
 
 
@@ -74,11 +90,19 @@ class Method:
         try:
             return cls.Options.model_validate(raw)
         except ValidationError as e:
-            valid = ", ".join(cls.Options.model_fields) or "(none)"
+            names = list(cls.Options.model_fields)
+            valid = ", ".join(names) or "(none)"
             msgs = "; ".join(
                 f"method.{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors()
             )
-            raise ValueError(f"method {cls.name!r}: {msgs}. Valid options: {valid}") from None
+            unknown = [str(err["loc"][-1]) for err in e.errors() if err["type"] == "extra_forbidden" and err["loc"]]
+            model_keys = [k for k in RunConfig.model_fields["model"].annotation.model_fields if k.startswith("lora")]
+            close = []
+            for k in unknown:  # a close option, else a close LoRA key of the model section
+                found = difflib.get_close_matches(k, names, n=1)
+                close += [f"method.{found[0]}"] if found else [f"model.{m}" for m in difflib.get_close_matches(k, model_keys, n=1)]
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"method {cls.name!r}: {msgs}. Valid options: {valid}.{hint}") from None
 
     # --- lifecycle -------------------------------------------------------
     def setup(self, model: torch.nn.Module) -> torch.nn.Module:

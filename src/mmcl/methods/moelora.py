@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from mmcl.methods.base import METHODS, Method, MethodOptions, RunContext, count_trainable
+from mmcl.methods.base import METHODS, Method, MethodOptions, RunContext, copy_tensors_into, count_trainable
 from mmcl.methods.lora_ft import lora_config
 from mmcl.train.encode import IGNORE_INDEX
 
@@ -273,16 +273,7 @@ class MoELoRA(Method):
         return {"weights": {k: v.detach().cpu().clone() for k, v in self._trained_tensors().items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        own = self._trained_tensors()
-        w = state["weights"]
-        if set(w) != set(own):
-            missing, unexpected = sorted(set(own) - set(w)), sorted(set(w) - set(own))
-            raise ValueError(f"moelora state: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        with torch.no_grad():
-            for k, t in w.items():
-                if t.shape != own[k].shape:
-                    raise ValueError(f"moelora state: {k} has shape {tuple(t.shape)}, expected {tuple(own[k].shape)}")
-                own[k].copy_(t.to(own[k].device, own[k].dtype))
+        copy_tensors_into(self._trained_tensors(), state["weights"], "moelora")
 
     def cost(self) -> dict[str, Any]:
         return {"params_added_per_task": 0, "trainable_params": count_trainable(self.model), "held_bytes": {}}

@@ -53,7 +53,7 @@ from peft import get_peft_model
 from pydantic import Field
 
 from mmcl.data.sample import Task
-from mmcl.methods.base import METHODS, Method, MethodOptions, RunContext
+from mmcl.methods.base import METHODS, Method, MethodOptions, RunContext, copy_tensors_into
 from mmcl.methods.lora_ft import lora_config
 from mmcl.models.vision_branches import BranchOutputs, VisionBranches, install_branches
 
@@ -209,15 +209,7 @@ class VisionBranchMixin:
         return {k: v.detach().cpu().clone() for k, v in self._branch_tensors().items()}
 
     def load_branch_state(self, saved: dict[str, torch.Tensor]) -> None:
-        own = self._branch_tensors()
-        if set(own) != set(saved):
-            missing, unexpected = sorted(set(own) - set(saved)), sorted(set(saved) - set(own))
-            raise ValueError(f"unifier state: missing {missing[:3]}, unexpected {unexpected[:3]}")
-        with torch.no_grad():
-            for k, t in saved.items():
-                if t.shape != own[k].shape:
-                    raise ValueError(f"unifier state: {k} has shape {tuple(t.shape)}, expected {tuple(own[k].shape)}")
-                own[k].copy_(t.to(own[k].device, own[k].dtype))
+        copy_tensors_into(self._branch_tensors(), saved, "unifier")
 
     def branch_cost(self) -> dict[str, Any]:
         assert self.branches is not None

@@ -77,6 +77,9 @@ class Stat:
         mean, std = summarize_seeds(values)
         return cls(mean, std, sum(v is not None for v in values))
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "n": self.n}
+
 
 @dataclass
 class ComparisonRow:
@@ -107,9 +110,6 @@ class ComparisonTable:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (scores in [0, 1]); the content of compare.json."""
 
-        def stat(s: Stat) -> dict[str, Any]:
-            return {"mean": s.mean, "std": s.std, "n": s.n}
-
         return {
             "mmcl_version": __version__,
             "scorer": self.scorer,
@@ -122,9 +122,9 @@ class ComparisonTable:
                     "n_seeds": r.n_seeds,
                     "seeds": r.seeds,
                     "runs": r.runs,
-                    "metrics": {k: stat(v) for k, v in r.metrics.items()},
-                    "trainable_params": stat(r.trainable_params),
-                    "train_seconds": stat(r.train_seconds),
+                    "metrics": {k: v.to_dict() for k, v in r.metrics.items()},
+                    "trainable_params": r.trainable_params.to_dict(),
+                    "train_seconds": r.train_seconds.to_dict(),
                 }
                 for r in self.rows
             ],

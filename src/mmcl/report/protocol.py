@@ -223,9 +223,6 @@ class ProtocolComparison:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (scores in [0, 1])."""
 
-        def stat(s: Stat) -> dict[str, Any]:
-            return {"mean": s.mean, "std": s.std, "n": s.n}
-
         return {
             "mmcl_version": __version__,
             "protocol": self.protocol,
@@ -238,7 +235,7 @@ class ProtocolComparison:
                     "n_seeds": g.n_seeds,
                     "seeds": g.seeds,
                     "runs": g.runs,
-                    "scopes": {s: {k: stat(v) for k, v in m.items()} for s, m in g.scopes.items()},
+                    "scopes": {s: {k: v.to_dict() for k, v in m.items()} for s, m in g.scopes.items()},
                 }
                 for g in self.groups
             ],
