@@ -22,7 +22,7 @@ def test_overrides_parse_yaml_values() -> None:
 
 
 def test_unknown_key_names_key_and_suggests() -> None:
-    with pytest.raises(ConfigError, match=r"train\.'lrr'.*Did you mean 'lr'.*Valid keys: epochs"):
+    with pytest.raises(ConfigError, match=r"'train\.lrr'.*Did you mean 'lr'.*Valid keys: epochs"):
         load_config(overrides=["train.lrr=1"])
     with pytest.raises(ConfigError, match="unknown config key 'modle'"):
         load_config(overrides=["modle.preset=x"])

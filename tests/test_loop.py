@@ -27,3 +27,31 @@ def test_two_accumulated_batches_make_one_update_like_one_double_batch(tiny_llav
     diff_acc = sum(float((accumulated[n] - single[n]).abs().sum()) for n in single)
     diff_half = sum(float((half[n] - single[n]).abs().sum()) for n in single)
     assert diff_acc < 0.05 * diff_half, (diff_acc, diff_half)
+
+
+def test_a_finished_stage_frees_its_optimizer_without_a_gc_pass(tiny_llava_dir: Path, monkeypatch) -> None:
+    """train_on releases accelerate's references without gc.collect() on the CPU (see release_stage):
+    that is only sound if nothing of a stage sits in a reference cycle, so the optimizer must die
+    by reference counting alone."""
+    import gc
+    import weakref
+
+    created: weakref.WeakSet = weakref.WeakSet()
+    count = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            created.add(self)
+            count.append(1)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    method = build_test_method(tiny_llava_dir, "lora-ft", "train.max_steps=2", "train.num_threads=1")
+    gc.collect()
+    gc.disable()
+    try:
+        train_stage(method, 0)
+        assert count == [1]
+        assert len(created) == 0, "the stage's optimizer outlived train_on without a gc pass"
+    finally:
+        gc.enable()

@@ -198,7 +198,7 @@ def _tiny_qwen(kind: str):
 
     text = dict(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        vocab_size=200, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+        vocab_size=200, rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]},
     )
     common = dict(depth=2, num_heads=2, patch_size=4, spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
     tokens = dict(image_token_id=199, video_token_id=198, vision_start_token_id=197)

@@ -54,9 +54,18 @@ Cost figures in results.json (seconds, peak memory, bytes a method holds in rebu
 describe the processes that did the work and may differ from an uninterrupted run's; the
 matrix, the metrics, the predictions and the stages' losses do not.
 
-Scope: resuming is tested on one process (CPU). Under DDP every process writes the same
-files (atomic renames, identical content). Under FSDP / ZeRO-3 parameters are sharded and a
-process sees only its shard, which this checkpoint does not gather: not supported there.
+Scope: resuming is tested on one process (CPU, tests/test_resume.py) and was checked by hand
+under 2 DDP processes on CPU (killed in training and in evaluation, resumed with 2 processes:
+the same matrix and predictions as the uninterrupted 2-process run). Under DDP only the main
+process reads the run directory's state (:func:`inspect_run_dir`, :func:`load_cell`) and writes
+(config, manifest, checkpoint, predictions, markers, results); the runner broadcasts what it read.
+Every process loads the checkpoint itself (:func:`load_checkpoint`), so on several machines
+the run directory must be on a filesystem they all see. The saved RNG states are the main
+process's; the training loop makes every process's RNG equal to them after each stage. A run
+is resumed with the same number of processes (the config does not record it; another number
+trains the remaining stages with another global batch). Under FSDP / ZeRO-3 parameters are
+sharded and a process sees only its shard, which this checkpoint does not gather: not supported
+there.
 
 **Test hook.** ``MMCL_TEST_KILL_AT`` makes the process kill itself with SIGKILL at a given
 point, so that tests can interrupt a run deterministically: ``train:stage=S:step=N`` after

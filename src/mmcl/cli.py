@@ -17,7 +17,10 @@ out = Console()
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    from rich.markup import escape
+
+    # data values are not markup; no hard wrapping, so paths stay whole
+    console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -45,6 +48,7 @@ def run(
     from mmcl.registry import UnknownNameError
     from mmcl.runner import Runner
 
+    runner = None
     try:
         runner = Runner(cfg, output_dir=output, console=console, resume=resume)
         if dry_run:
@@ -53,7 +57,9 @@ def run(
             return
         run_dir = runner.run()
     except (DataError, ModelLoadError, UnknownNameError, ValueError, OSError) as e:
-        _fail(str(e))
+        _fail(str(e) + ("" if dry_run else _resume_hint(runner, e)))
+    if not runner.accelerator.is_main_process:
+        return  # under several processes (accelerate launch, torchrun) the main one reports
     results = json.loads((run_dir / "results.json").read_text())
     m = results["metrics"]["primary"]
     fmt = lambda v: "–" if v is None else f"{100 * v:.1f}"  # noqa: E731
@@ -66,6 +72,19 @@ def run(
         if (run_dir / name).exists():
             console.print(f"report:  {run_dir / name}")
     out.print(str(run_dir))
+
+
+def _resume_hint(runner, error: Exception) -> str:
+    """For a run that failed after it started writing: say that its files are kept and how to continue."""
+    from mmcl.checkpoint import CONFIG_FILE, RunDirError
+
+    if runner is None or isinstance(error, RunDirError) or not (runner.output_dir / CONFIG_FILE).is_file():
+        return ""
+    d = runner.output_dir
+    return (
+        f"\nEverything {d} holds so far is kept (config, finished stages, predictions, checkpoint). "
+        f"Fix the cause, then continue with the same command plus --resume --output {d}"
+    )
 
 
 def _print_plan(plan, runner) -> None:
@@ -209,6 +228,31 @@ def list_names() -> None:
     out.print(f"methods:    {', '.join(METHODS.names())}")
     out.print(f"scorers:    {', '.join(SCORERS.names())}")
     out.print(f"models:     {', '.join(sorted(PRESETS))} (or model.path=<local HF dir>)")
+
+
+@app.command()
+def bench(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the results as JSON here.")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Every part small: a smoke test (well under a minute on a quiet machine).")] = False,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's default, as mmcl run). On a busy machine use 1.")] = None,
+) -> None:
+    """Speed benchmarks, measured side by side: training loop vs a plain peft loop (and MFU), batched vs
+    per-sample generation, routing methods vs LoRA, and a stage's time and memory as tasks accumulate."""
+    from rich.markup import escape
+
+    from mmcl.bench import render_table, run_bench
+    from mmcl.utils.io import atomic_write_json
+
+    results = run_bench(quick=quick, threads=threads, log=lambda msg: console.print(f"[dim]{escape(msg)}[/]"))
+    out.print(render_table(results))
+    for note in results["notes"]:
+        console.print(f"note: {escape(note)}", highlight=False)
+    if output:
+        try:
+            atomic_write_json(output, results)
+        except OSError as e:
+            _fail(f"cannot write {output}: {e}")
+        console.print(f"wrote {escape(str(output))}")
 
 
 def main() -> None:  # pragma: no cover

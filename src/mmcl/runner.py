@@ -14,11 +14,20 @@ Every file is written atomically (temporary file, fsync, rename). Predictions ar
 per task as each evaluation cell finishes. ``Runner(..., resume=True)`` (``mmcl run --resume``)
 continues an interrupted run from its last finished stage and evaluation cell; see
 :mod:`mmcl.checkpoint` for the checkpoint layout and what a resume restores.
+
+Several processes (``accelerate launch`` / ``torchrun``, see docs/distributed.md): every process
+builds the same model and method and trains its shard of each batch (DDP); evaluation splits each
+test set into whole generation batches shared out over the processes and gathers the answers in
+order (:mod:`mmcl.eval.generate`), so every process scores the same predictions and holds the
+same results. Only the main process reads the run directory's state and writes files; what it
+reads (the resume point, saved evaluation cells) and any error it meets are broadcast to the
+others, so that no process waits forever on one that failed. Other processes print nothing.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import resource
 import time
@@ -30,6 +39,8 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils.environment import parse_flag_from_env
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -37,9 +48,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import mmcl
 from mmcl import checkpoint as ckpt
 from mmcl.benchmarks.builtin import build_benchmark
-from mmcl.config import RunConfig, to_yaml
+from mmcl.config import RunConfig, check_trackers_installed, flat_config, to_yaml
 from mmcl.data.sample import Benchmark, Task
 from mmcl.eval.evaluator import TaskResult, evaluate_task
+from mmcl.eval.generate import Shard
 from mmcl.methods import METHODS, Method, RunContext, build_method
 from mmcl.methods.base import count_trainable
 from mmcl.models.loader import load_model
@@ -106,6 +118,20 @@ def distributed_setting(accelerator: Accelerator) -> str | None:
     return None
 
 
+def check_training_data(benchmark: Benchmark, method_cls: type[Method]) -> None:
+    """Refuse, before anything is written, a stream whose tasks have no training samples to train on."""
+    if method_cls.schedule == "none":
+        return
+    empty = [t.name for t in benchmark.tasks if not t.train]
+    if method_cls.schedule == "joint" and len(empty) < len(benchmark.tasks):
+        return
+    if empty:
+        raise ValueError(
+            f"benchmark {benchmark.name!r}: task(s) {', '.join(repr(n) for n in empty)} have no training samples, "
+            f"and method {method_cls.name!r} trains on them (check benchmark.train_per_task and the tasks' train data)"
+        )
+
+
 def check_distributed_support(method_cls: type[Method], setting: str | None) -> None:
     """Refuse a method under a distributed setting it does not declare in ``supports``."""
     if setting and setting not in method_cls.supports:
@@ -135,15 +161,28 @@ class Runner:
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         seed_everything(cfg.seed)
-        self.accelerator = Accelerator(
-            mixed_precision=self._mixed_precision(), cpu=not torch.cuda.is_available()
-        )
+        tracking: dict[str, Any] = {}  # logging.trackers: TensorBoard writes <run dir>/tensorboard/<name>/
+        if cfg.logging.trackers:
+            from accelerate.utils import ProjectConfiguration
+
+            check_trackers_installed(cfg.logging.trackers)  # accelerate would skip a missing one silently
+            tracking = {
+                "log_with": list(cfg.logging.trackers),
+                "project_config": ProjectConfiguration(
+                    project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "tensorboard")
+                ),
+            }
+        self.accelerator = Accelerator(mixed_precision=self._mixed_precision(), cpu=self._use_cpu(), **tracking)
         self.device = self.accelerator.device
+        if not self.accelerator.is_main_process:
+            self.console = Console(stderr=True, quiet=True)  # one process reports
+        self.output_dir = self._on_main(lambda: self.output_dir)  # the default holds the main's clock time
         # cheap checks first: method name and options, then data, then the model
         method_cls = METHODS.get(cfg.method.name)
         method_cls.parse_options(cfg.method.options())
         check_distributed_support(method_cls, distributed_setting(self.accelerator))
         self.benchmark: Benchmark = build_benchmark(cfg)
+        check_training_data(self.benchmark, method_cls)
         self.bundle = load_model(cfg.model)
         self.bundle.model.to(self.device)
         self.ctx = RunContext(cfg, self.bundle, self.benchmark, self.device, cfg.seed)
@@ -155,11 +194,47 @@ class Runner:
         self._test_cache: dict[str, list[Encoded]] = {}
 
     # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _use_cpu() -> bool:
+        """CPU when there is no GPU or when asked (``accelerate launch --cpu`` sets ACCELERATE_USE_CPU)."""
+        return not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU")
+
     def _mixed_precision(self) -> str:
+        """``auto``: bf16 autocast on a GPU that supports it, full precision otherwise (CPU)."""
         mp = self.cfg.train.mixed_precision
         if mp == "auto":
-            return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+            return "bf16" if not self._use_cpu() and torch.cuda.is_bf16_supported() else "no"
         return mp
+
+    def _on_main(self, fn, *args: Any) -> Any:
+        """``fn(*args)`` on the main process only; its result, or the error it raised, on every process.
+
+        With one process it is a plain call. Every process must call it at the same point.
+        """
+        if self.accelerator.num_processes == 1:
+            return fn(*args)
+        payload: list[Any] = [None]
+        if self.accelerator.is_main_process:
+            try:
+                payload[0] = ("ok", fn(*args))
+            except Exception as e:  # shared, then raised on every process
+                try:
+                    pickle.dumps(e)
+                    payload[0] = ("error", e)
+                except Exception:
+                    payload[0] = ("error", RuntimeError(f"{type(e).__name__}: {e}"))
+        broadcast_object_list(payload, from_process=0)
+        kind, value = payload[0]
+        if kind == "error":
+            raise value
+        return value
+
+    def _shard(self) -> Shard | None:
+        """This process's share of an evaluation (None with one process)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return None
+        return Shard(acc.process_index, acc.num_processes, gather_object)
 
     def plan(self) -> Plan:
         tasks = [
@@ -198,25 +273,35 @@ class Runner:
                     try:
                         self.encoder.encode(samples[:1], with_answer=(split == "train"))
                     except Exception as e:
-                        raise RuntimeError(f"task {t.name!r} ({split}): cannot encode a sample: {e}") from e
+                        raise ValueError(f"task {t.name!r} ({split}): cannot encode a sample: {e}") from e
         return self.plan()
 
     # ------------------------------------------------------------------ running
     def run(self) -> Path:
         out = self.output_dir
-        point = ckpt.inspect_run_dir(out, self.cfg, self.resume)
+        point = self._on_main(ckpt.inspect_run_dir, out, self.cfg, self.resume)
         if point is not None and point.complete:
             self.already_complete = True
             self.console.print(f"nothing to do: the run in {escape(str(out))} is already complete")
             return out
-        try:
-            if point is None:
-                out.mkdir(parents=True, exist_ok=True)
-                atomic_write_text(out / "config.yaml", to_yaml(self.cfg))
-            if point is None or point.manifest is None:
-                ckpt.start_manifest(out, self.cfg)
-        except OSError as e:
-            raise OSError(f"output directory {out} is not writable: {e}") from None
+
+        def start() -> None:
+            try:
+                if point is None:
+                    out.mkdir(parents=True, exist_ok=True)
+                    atomic_write_text(out / "config.yaml", to_yaml(self.cfg))
+                if point is None or point.manifest is None:
+                    ckpt.start_manifest(out, self.cfg)
+            except OSError as e:
+                raise OSError(f"output directory {out} is not writable: {e}") from None
+
+        self._on_main(start)
+        if self.cfg.logging.trackers:  # trackers write on the main process only
+            self.accelerator.init_trackers(
+                project_name=self.cfg.name,
+                config=flat_config(self.cfg),
+                init_kwargs={"wandb": {"name": out.name, "dir": str(out)}},
+            )
         state = RunState()
         tasks = self.benchmark.tasks
         schedule = self.method.schedule
@@ -243,9 +328,15 @@ class Runner:
                 for track, values in (state.zero_shot or {}).items():
                     state.rows.setdefault(track, []).append(list(values))
         results = self._results(state)
-        atomic_write_json(out / "results.json", results)
-        self._write_tables(results)
-        ckpt.mark_complete(out)
+
+        def finish() -> None:
+            atomic_write_json(out / "results.json", results)
+            self._write_tables(results)
+            ckpt.mark_complete(out)
+
+        self._on_main(finish)  # the other processes return once the files are written
+        for tracker in self.accelerator.trackers:  # = accelerator.end_training(), minus destroying the process group
+            tracker.finish()
         return out
 
     def _stages(self) -> list[tuple[int, Task]]:
@@ -319,8 +410,14 @@ class Runner:
         steps = num_update_steps(len(encoded), cfg.train, self.accelerator.num_processes)
         bar = self.progress.add_task(f"train {label or task.name}", total=steps, info="")
 
+        done_steps = sum(int(s.get("steps", 0)) for s in state.stage_stats)  # global step: across stages, resumes
+
         def on_step(step: int, loss: float) -> None:
             self.progress.update(bar, completed=step, info=f"loss {loss:.3f}")
+            if self.cfg.logging.trackers and (done_steps + step) % self.cfg.logging.log_every == 0:
+                # the optimizer's rate after this step's scheduler step (the next update's), as HF Trainer logs it
+                lr = self.accelerator._optimizers[-1].param_groups[0]["lr"]
+                self.accelerator.log({"train/loss": loss, "train/lr": float(lr)}, step=done_steps + step)
             ckpt.kill_if_asked("train", t + 1, step)
 
         stats = train_on(
@@ -343,7 +440,8 @@ class Runner:
                 "trainable_params": count_trainable(self.method.model),
             }
         )
-        ckpt.save_checkpoint(
+        self._on_main(
+            ckpt.save_checkpoint,
             self.output_dir, cfg, t + 1, label or task.name, self.method, self.tracker,
             state.stage_stats[-1], getattr(self, "_eval_seconds", 0.0),
         )
@@ -362,24 +460,26 @@ class Runner:
         computed = 0
         for task in tasks:
             path = self.output_dir / "predictions" / stage_dir / f"{task.name}.jsonl"
-            saved = ckpt.load_cell(path, task) if reuse else None
+            saved = self._on_main(ckpt.load_cell, path, task) if reuse else None
             if saved is not None:
                 results[task.name] = saved
                 self.progress.advance(bar, len(task.test))
                 continue
-            res = evaluate_task(
-                self.method,
-                task,
-                self._encoded_test(task),
-                self.bundle.tokenizer,
-                batch_size=self.cfg.eval.batch_size,
-                max_new_tokens=self.cfg.eval.max_new_tokens,
-                device=self.device,
-                on_batch=lambda n: self.progress.advance(bar, n),
-            )
+            with self.accelerator.autocast():  # bf16 autocast on a GPU with mixed precision; no-op on CPU
+                res = evaluate_task(
+                    self.method,
+                    task,
+                    self._encoded_test(task),
+                    self.bundle.tokenizer,
+                    batch_size=self.cfg.eval.batch_size,
+                    max_new_tokens=self.cfg.eval.max_new_tokens,
+                    device=self.device,
+                    on_batch=lambda n: self.progress.advance(bar, n),
+                    shard=self._shard(),
+                )
             results[task.name] = res
             if self.cfg.eval.save_predictions:
-                atomic_write_jsonl(path, res.predictions)
+                self._on_main(atomic_write_jsonl, path, res.predictions)
             computed += 1
             ckpt.kill_if_asked("eval", stage, computed)
         self.progress.remove_task(bar)
@@ -410,7 +510,7 @@ class Runner:
             "stats": state.stage_stats[-1] if state.stage_stats else {},
             "time": datetime.now().isoformat(timespec="seconds"),
         }
-        atomic_write_json(self.output_dir / "stages" / f"stage-{t + 1:02d}.json", marker)
+        self._on_main(atomic_write_json, self.output_dir / "stages" / f"stage-{t + 1:02d}.json", marker)
         self._log_stage(f"stage {t + 1}/{len(self.benchmark.tasks)}", task, row, state)
 
     def _log_stage(self, label: str, task: Task | None, row: dict[str, TaskResult], state: RunState) -> None:
@@ -427,6 +527,14 @@ class Runner:
             )
         msg += f", all-task mean {np.mean(prim):.3f}"
         self.console.print(msg)
+        if self.cfg.logging.trackers:  # step = stage index: rows so far (0 = zero-shot, T = last stage)
+            stage = len(state.stage_names)
+            scalars = {f"eval/{t.name}/{t.primary_scorer}": float(row[t.name].scores[t.primary_scorer])
+                       for t in tasks if t.name in row}
+            if stage > 0:  # joint training (task None) has seen every task
+                scalars["eval/seen_mean"] = float(np.mean(seen if task is not None else prim))
+            scalars["eval/all_mean"] = float(np.mean(prim))
+            self.accelerator.log(scalars, step=stage)
 
     # ------------------------------------------------------------------ results
     def _results(self, state: RunState) -> dict[str, Any]:
@@ -442,11 +550,16 @@ class Runner:
             "train_seconds": round(state.train_seconds, 3),
             "eval_seconds": round(getattr(self, "_eval_seconds", 0.0), 3),
             "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+            "peak_memory_kind": "cuda_max_allocated" if self.device.type == "cuda" else "max_rss",
             "device": str(self.device),
+            "mixed_precision": str(self.accelerator.mixed_precision),
             "num_processes": self.accelerator.num_processes,
             "torch_threads": torch.get_num_threads(),
             **self.method.cost(),
         }
+        if self.accelerator.num_processes > 1:  # every process's own figures; the ones above are the main's
+            cost["peak_memory_mb_per_process"] = gather_object([cost["peak_memory_mb"]])
+            cost["train_seconds_per_process"] = gather_object([cost["train_seconds"]])
         return {
             "mmcl_version": mmcl.__version__,
             "name": self.cfg.name,

@@ -50,16 +50,40 @@ def image_error(source: ImageCheckSource) -> str | None:
             if isinstance(source, bytes):
                 with Image.open(io.BytesIO(source)) as im:
                     im.verify()
+                    fmt = im.format
+                if fmt == "JPEG" and not _ends_like_jpeg(source):
+                    with Image.open(io.BytesIO(source)) as im:
+                        im.load()
                 return None
         path = Path(source)
         if not path.is_file():
             return f"image file not found: {path}"
         with Image.open(path) as im:
             im.verify()
+            fmt = im.format
+        if fmt == "JPEG" and not _ends_like_jpeg(_tail(path)):
+            with Image.open(path) as im:
+                im.load()  # decode fully: raises "image file is truncated" when it is
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...)
         what = f" {source}" if isinstance(source, (str, Path)) else ""
         return f"image{what} is unreadable or truncated ({type(e).__name__}: {e})"
     return None
+
+
+def _tail(path: Path, n: int = 64) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - n))
+        return f.read()
+
+
+def _ends_like_jpeg(data: bytes) -> bool:
+    """True when the data ends with the JPEG end-of-image marker (trailing padding allowed).
+
+    PIL's ``verify()`` reads only a JPEG's header, so a truncated JPEG passes it; one without
+    the end marker is decoded in full to find out (a few valid files carry trailing data).
+    """
+    return data[-64:].rstrip(b"\x00\r\n \t").endswith(b"\xff\xd9")
 
 
 def _check_all(sources: list[ImageCheckSource]) -> list[str | None]:

@@ -9,6 +9,8 @@ from typing import Any
 
 from PIL import Image
 
+from mmcl.data.errors import DataError, DataProblem
+
 ImageSource = Image.Image | str | Path | Callable[[], Image.Image] | None
 
 
@@ -36,11 +38,21 @@ class Sample:
         img = self.image
         if img is None:
             return None
-        if callable(img) and not isinstance(img, Image.Image):
-            img = img()
-        if isinstance(img, (str, Path)):
-            with Image.open(img) as f:
-                img = f.convert("RGB")
+        try:
+            if callable(img) and not isinstance(img, Image.Image):
+                img = img()
+            if isinstance(img, (str, Path)):
+                with Image.open(img) as f:
+                    img = f.convert("RGB")
+        except DataError:
+            raise
+        except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for a missing or broken image
+            reason = f"({type(e).__name__}: {e})"
+            if isinstance(img, (str, Path)):
+                problem = DataProblem(str(img), f"image of sample {self.id!r} (task {self.task!r}) cannot be read {reason}")
+            else:
+                problem = DataProblem(f"task {self.task!r}, sample {self.id!r}", f"image cannot be read {reason}", field="image")
+            raise DataError(problem) from None
         if img.mode != "RGB":
             img = img.convert("RGB")
         return img

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from mmcl.data.sample import Task
-from mmcl.eval.generate import generate_answers
+from mmcl.eval.generate import Shard, generate_answers
 from mmcl.eval.scorers import get_scorer
 from mmcl.methods.base import Method
 from mmcl.train.encode import Encoded
@@ -53,7 +53,10 @@ def evaluate_task(
     max_new_tokens: int | None,
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
+    shard: Shard | None = None,
 ) -> TaskResult:
+    """Generate answers for ``task``'s test set and score them; with ``shard``, generation is split
+    over the processes and every process gets all answers and the same scores."""
     adapter_names = method.route(task.test, task)
     preds = generate_answers(
         method.model,
@@ -64,6 +67,7 @@ def evaluate_task(
         adapter_names=adapter_names,
         device=device,
         on_batch=on_batch,
+        shard=shard,
     )
     means, rows = score_predictions(task, preds)
     if adapter_names is not None:

@@ -26,7 +26,8 @@ def lora_config(method: Method) -> LoraConfig:
         lora_alpha=m.lora_alpha,
         lora_dropout=m.lora_dropout,
         target_modules=targets,
-        modules_to_save=[fam.projector.rsplit(".", 1)[-1]] if m.train_projector else None,
+        # the full path: peft matches by suffix, and Janus' "aligner" would also catch "generation_aligner"
+        modules_to_save=[fam.projector] if m.train_projector else None,
         task_type=None,
     )
 

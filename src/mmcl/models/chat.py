@@ -22,6 +22,33 @@ LLAVA15_CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
+# Qwen2-VL / Qwen2.5-VL ChatML format (without the default system turn), for checkpoints whose
+# processor has no template of its own.
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Janus(-Pro) understanding format: "<|User|>: <image_placeholder>\nQ\n\n<|Assistant|>: A<eos>".
+JANUS_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}<|User|>: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'image' %}<image_placeholder>\n{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}{{ '\\n\\n' }}"
+    "{% elif message['role'] == 'assistant' %}<|Assistant|>:"
+    "{% if message['content'] is string %} {{ message['content'] }}"
+    "{% else %}{% for c in message['content'] %} {{ c['text'] }}{% endfor %}{% endif %}{{ eos_token }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|Assistant|>:{% endif %}"
+)
+
 
 def conversation(sample: Sample, with_image: bool) -> list[dict[str, Any]]:
     """The sample as chat messages (history turns first; the image goes in the first user turn)."""
@@ -47,6 +74,8 @@ def build_prompt(processor: Any, sample: Sample, with_image: bool) -> str:
     )
 
 
-def answer_text(answer: str) -> str:
-    """Target text appended after the generation prefix (a leading space, as in the template)."""
-    return " " + answer.strip()
+def answer_text(answer: str, prompt: str = "") -> str:
+    """Target text appended after the generation prefix ``prompt``: a leading space, as in the
+    LLaVA and Janus templates, unless the prefix already ends with whitespace (Qwen's newline)."""
+    sep = "" if prompt[-1:].isspace() else " "
+    return sep + answer.strip()

@@ -1,9 +1,17 @@
 """Turn Samples into model inputs through the model's own processor and chat template.
 
-Training examples are ``prompt + " " + answer + eos`` with the loss on the answer only
+Training examples are ``prompt + " " + answer + eos`` (no space after a prefix that ends
+with whitespace, such as Qwen's ``<|im_start|>assistant\\n``) with the loss on the answer only
 (and the eos); prompts for generation stop at the assistant prefix. Vision inputs
-(``pixel_values`` and whatever else a processor returns, e.g. Qwen2-VL's
-``image_grid_thw``) are kept per sample and concatenated along dim 0 when batching.
+(``pixel_values`` and whatever else a processor returns) are kept per sample and concatenated
+along dim 0 when batching, in sample order:
+
+- LLaVA / Janus: ``pixel_values`` [1, C, H, W] per sample.
+- LLaVA-NeXT: ``pixel_values`` [1, patches, C, H, W] (anyres tiles, zero-padded to the most
+  patches when batched; the model reads each image's own count from ``image_sizes`` [1, 2]).
+- Qwen2-VL / Qwen2.5-VL: packed ``pixel_values`` [patches_i, dim], split per sample by
+  ``image_grid_thw`` [1, 3] (patches_i = t*h*w); a batch concatenates both, so the grid rows
+  match the pixel rows. Their ``mm_token_type_ids`` (M-RoPE needs it) are kept per token.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ class Encoded:
     prompt_len: int
     vision: dict[str, torch.Tensor] = field(default_factory=dict)
     index: int = 0  # position in the list that was encoded
+    mm_token_type_ids: torch.Tensor | None = None  # 1-D like input_ids (0 text, 1 image) when the processor gives them
 
 
 class Encoder:
@@ -61,20 +70,28 @@ class Encoder:
             kwargs["images"] = [s.load_image() for s in samples]
         batch = self.processor(**kwargs)
         ids, mask = batch["input_ids"], batch["attention_mask"]
+        types = batch.get("mm_token_type_ids")
         vision = {k: v for k, v in batch.items() if k not in TEXT_KEYS and isinstance(v, torch.Tensor)}
         per_sample_vision = self._split_vision(vision, len(samples))
         eos = self.tokenizer.eos_token_id
         result = []
         for i, s in enumerate(samples):
-            prompt = ids[i][mask[i].bool()]
+            keep = mask[i].bool()
+            prompt = ids[i][keep]
+            prompt_types = torch.as_tensor(types[i])[keep].long() if types is not None else None
+            full_types = prompt_types
             if with_answer:
-                ans = self.tokenizer(answer_text(s.answers[0]), add_special_tokens=False)["input_ids"]
+                ans = self.tokenizer(answer_text(s.answers[0], prompts[i]), add_special_tokens=False)["input_ids"]
                 ans_t = torch.tensor([*ans, eos], dtype=prompt.dtype)
                 full = torch.cat([prompt, ans_t])
                 labels = torch.cat([torch.full_like(prompt, IGNORE_INDEX), ans_t])
+                if prompt_types is not None:
+                    full_types = torch.cat([prompt_types, torch.zeros_like(ans_t)])
             else:
                 full, labels = prompt, None
-            result.append(Encoded(full, labels, int(prompt.numel()), per_sample_vision[i]))
+            result.append(
+                Encoded(full, labels, int(prompt.numel()), per_sample_vision[i], mm_token_type_ids=full_types)
+            )
         return result
 
     @staticmethod
@@ -82,22 +99,58 @@ class Encoder:
         """Split batched vision tensors per sample (one image per sample)."""
         per: list[dict[str, torch.Tensor]] = [{} for _ in range(n)]
         for k, v in vision.items():
-            if v.shape[0] == n:
-                for i in range(n):
-                    per[i][k] = v[i : i + 1]
-            elif "image_grid_thw" in vision and k == "pixel_values":
-                # packed patches (Qwen2-VL style): split by each image's patch count
-                counts = vision["image_grid_thw"].prod(-1).tolist()
+            grid = vision.get("image_grid_thw")
+            if k == "pixel_values" and grid is not None:
+                # packed patches (Qwen2-VL style): split by each image's patch count t*h*w
+                counts = grid.prod(-1).tolist()
+                if grid.shape[0] != n or sum(counts) != v.shape[0]:
+                    raise ValueError(
+                        f"packed pixel_values of {v.shape[0]} patches do not match image_grid_thw "
+                        f"{grid.tolist()} for {n} samples"
+                    )
                 for i, part in enumerate(torch.split(v, counts)):
                     per[i][k] = part
+            elif v.shape[0] == n:
+                for i in range(n):
+                    per[i][k] = v[i : i + 1]
             else:
                 raise ValueError(f"cannot split processor output {k!r} of shape {tuple(v.shape)} over {n} samples")
         return per
 
 
 def _stack_vision(batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+    """Concatenate each vision tensor along dim 0 in sample order; tensors that differ in a later
+    dim (LLaVA-NeXT's patch count) are zero-padded to the largest first."""
     keys = {k for e in batch for k in e.vision}
-    return {k: torch.cat([e.vision[k] for e in batch if k in e.vision]) for k in sorted(keys)}
+    out = {}
+    for k in sorted(keys):
+        parts = [e.vision[k] for e in batch if k in e.vision]
+        shape = [max(p.shape[d] for p in parts) for d in range(1, parts[0].dim())]
+        padded = []
+        for p in parts:
+            if list(p.shape[1:]) != shape:
+                q = p.new_zeros((p.shape[0], *shape))
+                q[tuple(slice(0, s) for s in p.shape)] = p
+                p = q
+            padded.append(p)
+        out[k] = torch.cat(padded)
+    return out
+
+
+def _token_types(batch: Sequence[Encoded], n: int, left: bool) -> dict[str, torch.Tensor]:
+    """``mm_token_type_ids`` padded like the ids (0 on padding), when the processor gave them."""
+    if all(e.mm_token_type_ids is None for e in batch):
+        return {}
+    types = torch.zeros((len(batch), n), dtype=torch.long)
+    for i, e in enumerate(batch):
+        if e.mm_token_type_ids is None:
+            continue
+        t = e.mm_token_type_ids[: e.prompt_len] if left else e.mm_token_type_ids
+        if left:
+            types[i, n - t.numel() :] = t
+        else:
+            types[i, : t.numel()] = t
+    return {"mm_token_type_ids": types}
 
 
 def collate_train(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
@@ -112,7 +165,8 @@ def collate_train(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tens
         mask[i, :L] = 1
         if e.labels is not None:
             labels[i, :L] = e.labels
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels, **_stack_vision(batch)}
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, **_token_types(batch, n, left=False),
+            **_stack_vision(batch)}
 
 
 def collate_prompts(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
@@ -124,4 +178,4 @@ def collate_prompts(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Te
         L = e.prompt_len
         ids[i, n - L :] = e.input_ids[:L]
         mask[i, n - L :] = 1
-    return {"input_ids": ids, "attention_mask": mask, **_stack_vision(batch)}
+    return {"input_ids": ids, "attention_mask": mask, **_token_types(batch, n, left=True), **_stack_vision(batch)}

@@ -1,4 +1,17 @@
-"""The one training loop. Methods change it only through their hooks (see methods/base.py)."""
+"""The one training loop. Methods change it only through their hooks (see methods/base.py).
+
+Under several processes (``accelerate launch`` / ``torchrun``: DDP) ``accelerator.prepare`` shards
+the DataLoader: ``train.batch_size`` is the batch of *one* process, so an update sees
+``batch_size * num_processes * grad_accum`` samples and :func:`num_update_steps` divides by the
+world size. Every process draws the same shuffled order (the loader's generator is seeded from
+``(seed, stage)`` and accelerate broadcasts process 0's state at each epoch) and takes its own
+batches of it. The LR scheduler is stepped by this loop once per optimizer update (it is not
+given to ``accelerator.prepare``, whose wrapper would step it ``num_processes`` times per update
+and so finish the schedule early). Process ``r > 0`` reseeds torch's RNG with ``(seed, stage, r)``
+for the loop (dropout masks differ between processes, deterministically) and gets process 0's
+RNG state back at the end, so ``method.after_task`` sees the same RNG on every process. One
+process runs exactly as before. The logged losses are the mean over processes.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import synchronize_rng_states
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
@@ -32,6 +46,24 @@ def num_update_steps(n_samples: int, cfg: TrainConfig, world_size: int = 1) -> i
     if cfg.max_steps is not None:
         return cfg.max_steps
     return max(1, math.ceil(per_epoch * cfg.epochs))
+
+
+def release_stage(accelerator: Accelerator) -> None:
+    """Drop accelerate's references to a finished stage's wrapped model, optimizer and loader.
+
+    On a GPU (or under DeepSpeed) this is ``accelerator.free_memory()``: its ``gc.collect()`` and
+    cache emptying give device memory back before the next stage. On the CPU it does what
+    ``free_memory`` does without the full ``gc.collect()``, a fixed 0.1-0.4 s per stage in a process
+    that holds a benchmark's samples (``mmcl bench``: it made a short stage half as fast as a plain
+    loop). Nothing of a stage is held by a reference cycle, so the optimizer state is freed by
+    reference counting as soon as ``train_on`` returns (tests/test_loop.py checks it).
+    """
+    if accelerator.device.type != "cpu" or getattr(accelerator, "deepspeed_engine_wrapped", None) is not None:
+        accelerator.free_memory()
+        return
+    accelerator._models, accelerator._optimizers = [], []  # the attributes free_memory resets (accelerate 1.x)
+    accelerator._dataloaders, accelerator._schedulers = [], []
+    accelerator.step = 0
 
 
 def train_on(
@@ -70,37 +102,50 @@ def train_on(
     # stage's result depends only on (seed, stage), which a resumed run relies on.
     accelerator.gradient_accumulation_steps = cfg.grad_accum
     accelerator.step = 0
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    # the scheduler is stepped here once per update, not by accelerate (see the module docstring)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    world = accelerator.num_processes
+    if world > 1 and accelerator.process_index > 0:
+        torch.manual_seed((seed * 1000 + stage) * 1009 + accelerator.process_index)
     model.train()
     step, samples, tokens, losses = 0, 0, 0, []
     t0 = time.perf_counter()
     while step < total_steps:
         for batch in loader:
             with accelerator.accumulate(model):
-                outputs = model(**batch)
-                loss = outputs.loss
-                extra = method.extra_loss(batch, outputs, stage)
-                if extra is not None:
-                    loss = loss + extra
+                with accelerator.autocast():  # a no-op without mixed precision (CPU)
+                    outputs = model(**batch)
+                    loss = outputs.loss
+                    extra = method.extra_loss(batch, outputs, stage)
+                    if extra is not None:
+                        loss = loss + extra
                 accelerator.backward(loss)
                 method.after_backward(stage)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
-                scheduler.step()
+                if accelerator.sync_gradients and not optimizer.step_was_skipped:
+                    scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             samples += batch["input_ids"].shape[0]
             tokens += int(batch["attention_mask"].sum())
             if accelerator.sync_gradients:
                 step += 1
-                losses.append(float(loss.detach()))
+                logged = loss.detach() if world == 1 else accelerator.reduce(loss.detach(), reduction="mean")
+                losses.append(float(logged))
                 if on_step:
                     on_step(step, losses[-1])
                 if step >= total_steps:
                     break
     seconds = time.perf_counter() - t0
-    method.model = accelerator.unwrap_model(model)
-    accelerator.free_memory()
+    if world > 1:
+        counts = accelerator.reduce(torch.tensor([samples, tokens], device=accelerator.device), reduction="sum")
+        samples, tokens = (int(v) for v in counts.tolist())
+        synchronize_rng_states(["torch", "cuda"] if accelerator.device.type == "cuda" else ["torch"])
+    # without accelerate's autocast wrapper around forward (it would nest one more every stage);
+    # evaluation and the loop above enter accelerator.autocast() themselves
+    method.model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    release_stage(accelerator)
     return TrainStats(
         steps=step,
         samples=samples,

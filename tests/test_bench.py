@@ -1,0 +1,55 @@
+"""``mmcl bench --quick`` through the CLI: it runs and writes what it promises (never a speed assertion)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from mmcl.cli import app
+
+
+def _positive(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def test_quick_bench_writes_the_promised_json(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    # one thread: a quick run that stays quick on a busy CI machine
+    result = CliRunner().invoke(app, ["bench", "--quick", "--threads", "1", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "ratio mmcl / plain" in result.stdout  # the table
+    res = json.loads(out.read_text())
+
+    assert res["meta"]["quick"] is True and res["meta"]["torch_threads"] == 1
+    tr, ev, ro, sc = res["train"], res["eval"], res["routing"], res["scaling"]
+    for value in (
+        tr["ratio_vs_plain"], tr["mfu"], tr["samples_per_s"], tr["samples_per_s_plain"], tr["flops_per_step"],
+        tr["flops_6N"], tr["peak_flops"], tr["achieved_flops"],
+        ev["ratio_vs_per_sample"], ev["samples_per_s"], ev["samples_per_s_per_sample"],
+        ro["moelora"]["ratio_vs_lora"], ro["unifier"]["ratio_vs_lora"], ro["lora-ft"]["samples_per_s"],
+    ):
+        assert _positive(value), value
+    assert "6 * N_text" in tr["flops_6N_formula"] and "FlopCounterMode" in tr["flops_method"]
+    # counted FLOPs: LoRA's frozen weights get no weight gradients, so fewer than the 6N estimate
+    assert tr["flops_per_rep"] < tr["flops_6N"]
+    assert 0.0 <= tr["profile"]["matmul_share"] <= 1.0
+    assert set(ev["per_task"]) == {"high-altitude.counting", "indoor.grounding"}
+    assert 0.0 <= ev["answers_agree"] <= 1.0
+
+    for name in ("lora-ft", "o-lora"):
+        points = sc[name]["points"]
+        assert [p["T"] for p in points] == sc["tasks"]
+        assert all(_positive(p["stage_seconds"]) and _positive(p["param_bytes"]) for p in points)
+    assert sc["lora-ft"]["held_bytes_per_task"] == 0  # one adapter, nothing held per task
+    olora = sc["o-lora"]
+    # one frozen adapter more per task: its bytes are the slope
+    adapter_bytes = olora["points"][0]["params_added_per_task"] * 4
+    assert olora["held_bytes_per_task"] == adapter_bytes
+    assert olora["param_bytes_per_task"] == adapter_bytes
+
+    assert set(res["targets"]) == {"train.ratio_vs_plain", "train.mfu", "eval.ratio_vs_per_sample"}
+    assert all(isinstance(t["met"], bool) for t in res["targets"].values())
+    assert res["notes"] and all(isinstance(n, str) for n in res["notes"])
