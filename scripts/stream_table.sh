@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Run every (method, seed) of a comparison table on one stream, resumably, then compare them.
+#
+#   scripts/stream_table.sh OUT_DIR "lora-ft replay ewc quad unifier joint" "0 1 2" [CONFIG ...]
+#
+# Each run goes to OUT_DIR/<method>-s<seed>; a finished run is skipped and an interrupted one is
+# continued with --resume, so the table can be filled over several sessions. Two runs go side by
+# side with one thread each (on 2 cores this finishes sooner than one run with two threads).
+# At the end: mmcl compare (the README table) and mmcl compare --protocol msvqa.
+set -euo pipefail
+out=${1:?OUT_DIR}; methods=${2:?methods}; seeds=${3:?seeds}; shift 3
+configs=("$@")
+mkdir -p "$out"
+export OMP_NUM_THREADS=1 TRANSFORMERS_VERBOSITY=error
+
+one() {  # method seed
+  local dir="$out/$1-s$2" layer=()
+  [ -f "configs/$1.yaml" ] && layer=("configs/$1.yaml")
+  if [ -f "$dir/results.json" ] && grep -q '"complete": true' "$dir/checkpoint/manifest.json" 2>/dev/null; then
+    return 0
+  fi
+  local resume=()
+  [ -f "$dir/config.yaml" ] && resume=(--resume)
+  mmcl run "${configs[@]}" "${layer[@]}" --set method.name="$1" --set seed="$2" --set train.num_threads=1 \
+    --output "$dir" "${resume[@]}" > "$dir.log" 2>&1 || echo "FAILED: $1 seed $2 (see $dir.log)"
+}
+
+jobs_list=()
+for s in $seeds; do for m in $methods; do jobs_list+=("$m $s"); done; done
+for job in "${jobs_list[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge 2 ]; do sleep 5; done
+  # shellcheck disable=SC2086
+  one $job &
+done
+wait
+mmcl compare "$out"/*-s*/ -o "$out/compare"
+mmcl compare "$out"/*-s*/ --protocol msvqa -o "$out/compare"
