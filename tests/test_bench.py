@@ -51,5 +51,5 @@ def test_quick_bench_writes_the_promised_json(tmp_path: Path) -> None:
     assert olora["param_bytes_per_task"] == adapter_bytes
 
     assert set(res["targets"]) == {"train.ratio_vs_plain", "train.mfu", "eval.ratio_vs_per_sample"}
-    assert all(isinstance(t["met"], bool) for t in res["targets"].values())
+    assert all(isinstance(t["met"], bool) and isinstance(t["within_noise"], bool) for t in res["targets"].values())
     assert res["notes"] and all(isinstance(n, str) for n in res["notes"])

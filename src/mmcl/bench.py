@@ -11,9 +11,9 @@ Parts (each a small function; :func:`run_bench` runs them all and :func:`render_
   ``tiny-llava`` preset vs :func:`plain_train_loop`, the simplest honest transformers + peft loop
   (``loss = model(**batch).loss; loss.backward(); AdamW.step(); zero_grad()``) on the same model,
   the same LoRA, the same batches (the same samples in the same order: the plain loop's batches
-  come from a DataLoader seeded as ``train_on``'s) and the same number of steps. Both are timed
-  around the whole call (optimizer creation included). mmcl's loop also clips gradients and steps
-  an LR schedule every update; the plain loop does neither.
+  come from a DataLoader seeded as ``train_on``'s, collated before the clock starts) and the same
+  number of steps. Both are timed around the whole call (optimizer creation included). mmcl's loop
+  also clips gradients and steps an LR schedule every update; the plain loop does neither.
 
   **MFU** (model FLOPs utilisation) = achieved FLOP/s of mmcl's loop / the peak FLOP/s of this
   machine, where the peak is measured (:func:`matmul_peak`: a loop of ``size x size`` fp32
@@ -52,7 +52,9 @@ Measured by hand, not part of the bench (this project's 2-core CPU machine, 1 th
 with graph breaks in LLaVA's placeholder check; batch 64 instead of 16 left MFU unchanged (52%).
 
 ``--quick`` makes every part small (a smoke test: well under a minute on a laptop).
-The run is on the CPU, with torch's default thread count (both recorded in ``meta``).
+The run is on the CPU, with torch's default thread count unless ``--threads`` says otherwise (both
+recorded in ``meta``). On a machine shared with other work use ``--threads 1``: OpenMP threads that
+lose their core to another process stall each other, and timings scatter by several times.
 """
 
 from __future__ import annotations
@@ -602,8 +604,9 @@ def make_notes(results: dict[str, Any]) -> list[str]:
         within = " (within the repetitions' spread, i.e. noise)" if 1 - r <= noise else ""
         notes.append(
             f"train: mmcl's loop ran at {r:.2f}x the plain loop{within}; repetitions varied by up to "
-            f"{noise:.0%}. Beyond the plain loop, train_on clips gradients (clip_grad_norm_) and steps an LR "
-            "schedule every update and builds a DataLoader, an optimizer and accelerate wrappers per call."
+            f"{noise:.0%}. Beyond the plain loop, train_on collates its batches inside the timed call (the "
+            "plain loop gets them collated beforehand), clips gradients, steps an LR schedule and prepares "
+            "accelerate's wrappers: together about 20-25 ms per call of 6 steps of 16 by cProfile (~1%)."
         )
     p = tr["profile"]
     if tr["mfu"] < TARGETS["train.mfu"]:
@@ -700,9 +703,22 @@ def _run_parts(s: BenchSettings, log: Log) -> dict[str, Any]:
     results["scaling"] = bench_scaling(s, log)
     results["meta"]["load_after"] = _load()
     results["meta"]["seconds"] = time.perf_counter() - t0
-    results["targets"] = {
-        k: {"target": v, "value": _get(results, k), "met": _get(results, k) >= v} for k, v in TARGETS.items()
+    tr, ev = results["train"], results["eval"]
+    noise = {  # relative spread of the repetitions behind each figure
+        "train.ratio_vs_plain": max(tr["spread"], tr["spread_plain"]),
+        "train.mfu": max(tr["spread"], spread(tr["peak_flops_all"])),
+        "eval.ratio_vs_per_sample": ev["spread"],
     }
+    results["targets"] = {}
+    for k, v in TARGETS.items():
+        value = _get(results, k)
+        results["targets"][k] = {
+            "target": v,
+            "value": value,
+            "met": value >= v,
+            # missed by less than the repetitions' spread: not distinguishable from met on this machine
+            "within_noise": value < v and (v - value) / v <= noise[k],
+        }
     results["notes"] = make_notes(results)
     return results
 
@@ -722,7 +738,8 @@ def render_table(results: dict[str, Any]) -> Any:
     def status(key: str) -> str:
         t = targets[key]
         goal = f"{t['target']:.0%}" if key == "train.mfu" else f"{t['target']:g}×"
-        return f"≥ {goal} {'[green]met[/]' if t['met'] else '[red]missed[/]'}"
+        verdict = "[green]met[/]" if t["met"] else "[yellow]within noise[/]" if t["within_noise"] else "[red]missed[/]"
+        return f"≥ {goal} {verdict}"
 
     table.add_row("train", f"mmcl loop samples/s (batch {tr['batch_size']}, {tr['steps']} steps)",
                   f"{tr['samples_per_s']:.2f}", "")
