@@ -11,7 +11,7 @@ import torch
 
 from mmcl.data.sample import Task
 from mmcl.eval.generate import Shard, generate_answers
-from mmcl.eval.scorers import get_scorer
+from mmcl.eval.scorers import call_scorer, get_scorer
 from mmcl.methods.base import Method
 from mmcl.train.encode import Encoded
 
@@ -26,12 +26,15 @@ class TaskResult:
 
 
 def score_predictions(task: Task, predictions: list[str]) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Score each prediction with every scorer the task declares; returns means and rows."""
+    """Score each prediction with every scorer the task declares; returns means and rows.
+
+    A sample-aware scorer (``mmcl.eval.scorers.sample_aware``) also gets the test Sample.
+    """
     fns = {name: get_scorer(name) for name in task.scorers}
     rows = []
     sums = dict.fromkeys(fns, 0.0)
     for s, pred in zip(task.test, predictions, strict=True):
-        scores = {name: float(fn(pred, s.answers)) for name, fn in fns.items()}
+        scores = {name: float(call_scorer(fn, pred, s.answers, s)) for name, fn in fns.items()}
         for k, v in scores.items():
             sums[k] += v
         rows.append(
@@ -58,19 +61,53 @@ def evaluate_task(
     """Generate answers for ``task``'s test set and score them; with ``shard``, generation is split
     over the processes and every process gets all answers and the same scores."""
     adapter_names = method.route(task.test, task)
-    preds = generate_answers(
-        method.model,
-        tokenizer,
-        encoded,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens or task.max_new_tokens,
-        adapter_names=adapter_names,
-        device=device,
-        on_batch=on_batch,
-        shard=shard,
-    )
+
+    def generate(idx: list[int], names: list[str] | None, progress: Callable[[int], None] | None) -> list[str]:
+        return generate_answers(
+            method.model,
+            tokenizer,
+            [encoded[i] for i in idx],
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens or task.max_new_tokens,
+            adapter_names=[names[i] for i in idx] if names is not None else None,
+            device=device,
+            on_batch=progress,
+            shard=shard,
+        )
+
+    everything = list(range(len(encoded)))
+    preds = generate(everything, adapter_names, on_batch)
     means, rows = score_predictions(task, preds)
     if adapter_names is not None:
         for r, a in zip(rows, adapter_names, strict=True):
             r["adapter"] = a
+    for track, names in method.extra_routes(task.test, task).items():
+        # only the samples this routing sends elsewhere are generated again
+        redo = [i for i in everything if adapter_names is None or names[i] != adapter_names[i]]
+        other = list(preds)
+        for i, p in zip(redo, generate(redo, names, None) if redo else [], strict=True):
+            other[i] = p
+        _, other_rows = score_predictions(task, other)
+        for r, o, a in zip(rows, other_rows, names, strict=True):
+            r.setdefault("tracks", {})[track] = o["scores"][task.primary_scorer]
+            r[f"{track}_prediction"], r[f"{track}_adapter"] = o["prediction"], a
+    for track, values in method.sample_tracks(task).items():
+        for r, v in zip(rows, values, strict=True):
+            r.setdefault("tracks", {})[track] = v
+    means.update(track_means(rows))
     return TaskResult(task.name, means, rows)
+
+
+TRACK_PREFIX = "track/"
+"""Scores of extra tracks (a method's ``extra_tracks``) are kept in ``TaskResult.scores`` under this prefix."""
+
+
+def track_means(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """``{"track/<name>": mean}`` over the rows' per-sample ``tracks`` values (None values left out)."""
+    values: dict[str, list[float]] = {}
+    for r in rows:
+        for name, v in (r.get("tracks") or {}).items():
+            lst = values.setdefault(name, [])
+            if v is not None:
+                lst.append(float(v))
+    return {TRACK_PREFIX + name: sum(v) / len(v) for name, v in values.items() if v}

@@ -17,6 +17,15 @@ Registered scorers:
   falling back to ``exact_match`` for non-numbers.
 - ``contains``: 1.0 if a normalised reference occurs, token-aligned, in the
   normalised prediction.
+- ``mllmcl_ai2d``, ``mllmcl_pvqa``, ``mllmcl_fin``, ``mllmcl_sci``, ``mllmcl_ocr``,
+  ``mllmcl_cvbench``: the official MLLM-CL rules, in :mod:`mmcl.eval.mllm_cl_scorers`
+  (imported at the bottom of this module, so :func:`get_scorer` finds them).
+
+Sample-aware scorers: a scorer that needs more than the answers (the image file name, a
+question category...) is marked with :func:`sample_aware` and has the signature
+``(prediction, references, sample=None) -> float``. :func:`call_scorer` (used by
+``mmcl.eval.evaluator.score_predictions``) passes it the :class:`~mmcl.data.sample.Sample`
+as ``sample=``; plain scorers are still called as ``(prediction, references)``.
 """
 
 from __future__ import annotations
@@ -25,8 +34,12 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from mmcl.registry import Registry
+
+if TYPE_CHECKING:
+    from mmcl.data.sample import Sample
 
 Scorer = Callable[[str, Sequence[str]], float]
 """A pure function ``(prediction, references) -> score in [0, 1]``."""
@@ -49,9 +62,40 @@ def get_scorer(name: str) -> Scorer:
     return SCORERS.get(name)
 
 
-def score(name: str, prediction: str, references: Sequence[str]) -> float:
-    """Score ``prediction`` against ``references`` with the scorer named ``name``."""
-    return get_scorer(name)(prediction, references)
+def sample_aware(fn: Callable[..., float]) -> Callable[..., float]:
+    """Mark ``fn`` as sample-aware: it is called as ``fn(prediction, references, sample=sample)``.
+
+    Such a scorer must accept ``sample=None`` as a keyword (and may raise when it needs it).
+    Use it under the registration decorator::
+
+        @SCORERS.register("my_scorer")
+        @sample_aware
+        def my_scorer(prediction, references, sample=None) -> float: ...
+    """
+    fn.needs_sample = True  # type: ignore[attr-defined]
+    return fn
+
+
+def needs_sample(fn: Callable[..., Any]) -> bool:
+    """True when ``fn`` was marked with :func:`sample_aware`."""
+    return bool(getattr(fn, "needs_sample", False))
+
+
+def call_scorer(
+    fn: Callable[..., float], prediction: str, references: Sequence[str], sample: Sample | None = None
+) -> float:
+    """Call a scorer, passing ``sample=`` only to a sample-aware one."""
+    if needs_sample(fn):
+        return fn(prediction, references, sample=sample)
+    return fn(prediction, references)
+
+
+def score(name: str, prediction: str, references: Sequence[str], sample: Sample | None = None) -> float:
+    """Score ``prediction`` against ``references`` with the scorer named ``name``.
+
+    ``sample`` is passed to a sample-aware scorer (see :func:`sample_aware`) and ignored otherwise.
+    """
+    return call_scorer(get_scorer(name), prediction, references, sample)
 
 
 def _as_refs(references: Sequence[str] | str) -> list[str]:
@@ -470,3 +514,8 @@ def contains(prediction: str, references: Sequence[str]) -> float:
         float(_contains_tokens(pred, _TOKEN_RE.findall(normalize_answer(ref))))
         for ref in _as_refs(references)
     )
+
+
+# The official MLLM-CL scorers register themselves in SCORERS on import. At the bottom so
+# that everything they import from this module exists already.
+from mmcl.eval import mllm_cl_scorers  # noqa: E402, F401
