@@ -73,11 +73,11 @@ def _assert_same_run(ref: Path, resumed: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("method", ["lora-ft", "ewc"])
+@pytest.mark.parametrize("method", ["lora-ft", "ewc", "mr-lora"])
 def test_killed_twice_then_resumed_equals_uninterrupted(
     method: str, tiny_llava_dir: Path, tmp_path: Path
 ) -> None:
-    extra = [f"method.name={method}"]
+    extra = [f"method.name={method}"] + (["method.router_epochs=3"] if method == "mr-lora" else [])
     out = tmp_path / "resumed"
     # 1. killed in the middle of stage 2's training (stage 1 finished and checkpointed)
     _killed_run(tiny_llava_dir, out, "train:stage=2:step=2", *extra, resume=False)

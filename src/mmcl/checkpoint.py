@@ -96,7 +96,7 @@ from safetensors.torch import save as save_safetensors
 import mmcl
 from mmcl.config import RunConfig
 from mmcl.data.sample import Task
-from mmcl.eval.evaluator import TaskResult, score_predictions
+from mmcl.eval.evaluator import TaskResult, score_predictions, track_means
 from mmcl.methods.base import Method
 from mmcl.utils.io import atomic_write_bytes, atomic_write_json, read_jsonl
 
@@ -426,6 +426,7 @@ def load_cell(path: Path, task: Task) -> TaskResult | None:
     if not all(isinstance(r.get("prediction"), str) for r in rows):
         return None
     means, _ = score_predictions(task, [r["prediction"] for r in rows])
+    means.update(track_means(rows))
     return TaskResult(task.name, means, rows)
 
 

@@ -49,8 +49,8 @@ import mmcl
 from mmcl import checkpoint as ckpt
 from mmcl.benchmarks.builtin import build_benchmark
 from mmcl.config import RunConfig, check_trackers_installed, flat_config, to_yaml
-from mmcl.data.sample import Benchmark, Task
-from mmcl.eval.evaluator import TaskResult, evaluate_task
+from mmcl.data.sample import Benchmark, Sample, Task
+from mmcl.eval.evaluator import TRACK_PREFIX, TaskResult, evaluate_task
 from mmcl.eval.generate import Shard
 from mmcl.methods import METHODS, Method, RunContext, build_method
 from mmcl.methods.base import count_trainable
@@ -185,7 +185,8 @@ class Runner:
         check_training_data(self.benchmark, method_cls)
         self.bundle = load_model(cfg.model)
         self.bundle.model.to(self.device)
-        self.ctx = RunContext(cfg, self.bundle, self.benchmark, self.device, cfg.seed)
+        self.ctx = RunContext(cfg, self.bundle, self.benchmark, self.device, cfg.seed, train_extra=self._train_extra)
+        self._extra_stats: list[dict[str, Any]] = []  # passes a method trained through ctx.train_extra this stage
         self.method: Method = build_method(self.ctx)
         self.tracker = ckpt.TrainableTracker(self.bundle.model)  # before setup: these are the base weights
         seed_everything(cfg.seed)
@@ -425,8 +426,11 @@ class Runner:
             self.bundle.tokenizer.pad_token_id, on_step,
         )
         self.progress.remove_task(bar)
+        self._extra_stats = []
+        self._stage = t
         self.method.after_task(t, task)
-        state.train_seconds += stats.seconds
+        extra_seconds = sum(float(s["train_seconds"]) for s in self._extra_stats)
+        state.train_seconds += stats.seconds + extra_seconds
         state.stage_stats.append(
             {
                 "stage": t + 1,
@@ -438,6 +442,7 @@ class Runner:
                 "mean_loss": stats.mean_loss,
                 "tokens": stats.tokens,
                 "trainable_params": count_trainable(self.method.model),
+                **({"extra_training": self._extra_stats} if self._extra_stats else {}),
             }
         )
         self._on_main(
@@ -445,6 +450,38 @@ class Runner:
             self.output_dir, cfg, t + 1, label or task.name, self.method, self.tracker,
             state.stage_stats[-1], getattr(self, "_eval_seconds", 0.0),
         )
+
+    def _train_extra(self, samples: list[Sample], label: str, **overrides: Any) -> dict[str, Any]:
+        """Train ``samples`` with the shared loop on what the method left trainable (``ctx.train_extra``).
+
+        Called by a method inside ``after_task``; ``overrides`` replace ``train.*`` fields for this
+        pass. Its randomness depends on (seed, stage, pass), so a resumed run repeats it exactly.
+        """
+        t = getattr(self, "_stage", 0)
+        tcfg = self.cfg.train.model_copy(update=overrides)
+        encoded = self.encoder.encode(samples, with_answer=True)
+        steps = num_update_steps(len(encoded), tcfg, self.accelerator.num_processes)
+        bar = self.progress.add_task(f"train {label}", total=steps, info="")
+
+        def on_step(step: int, loss: float) -> None:
+            self.progress.update(bar, completed=step, info=f"loss {loss:.3f}")
+
+        seed = self.cfg.seed * 7919 + 104729 * (len(self._extra_stats) + 1)  # differs from the stage's own pass
+        stats = train_on(
+            self.method, encoded, tcfg, self.accelerator, t, seed, self.bundle.tokenizer.pad_token_id, on_step
+        )
+        self.progress.remove_task(bar)
+        record = {
+            "label": label,
+            "train_samples": len(encoded),
+            "steps": stats.steps,
+            "train_seconds": round(stats.seconds, 3),
+            "final_loss": stats.final_loss,
+            "mean_loss": stats.mean_loss,
+            "tokens": stats.tokens,
+        }
+        self._extra_stats.append(record)
+        return record
 
     def _encoded_test(self, task: Task) -> list[Encoded]:
         if task.name not in self._test_cache:
@@ -490,11 +527,15 @@ class Runner:
         tracks: dict[str, list[float | None]] = {PRIMARY: []}
         for s in self.benchmark.scorer_names:
             tracks[s] = []
+        for name in self.method.extra_tracks:
+            tracks[name] = []
         for task in self.benchmark.tasks:
             res = row.get(task.name)
             tracks[PRIMARY].append(res.scores[task.primary_scorer] if res else None)
             for s in self.benchmark.scorer_names:
                 tracks[s].append(res.scores.get(s) if res else None)
+            for name in self.method.extra_tracks:
+                tracks[name].append(res.scores.get(TRACK_PREFIX + name) if res else None)
         return tracks
 
     def _add_row(self, state: RunState, name: str, row: dict[str, TaskResult]) -> None:

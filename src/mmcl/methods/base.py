@@ -10,6 +10,8 @@ A method never copies the loop. The runner calls, for each stage t with task T_t
               method.after_backward(t)          # e.g. gradient surgery
     method.after_task(t, task)                  # e.g. Fisher estimate, freeze an expert
     for every task j: method.route(samples_j, j) -> adapter name per sample (or None)
+                      method.extra_routes(samples_j, j) -> more routings, each scored as its own track
+                      method.sample_tracks(j) -> per-sample values of further tracks (e.g. router accuracy)
 
 ``schedule`` says how the stream is used: "sequential" (train each task, evaluate after
 each stage), "joint" (train once on the union, evaluate once), "none" (no training).
@@ -20,7 +22,7 @@ model weights; ``cost`` reports memory the method holds between tasks.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -48,6 +50,10 @@ class RunContext:
     benchmark: Benchmark
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     seed: int = 0
+    train_extra: Callable[..., dict[str, Any]] | None = None
+    """Set by the runner: ``train_extra(samples, label, **train_overrides)`` trains ``samples`` with the
+    shared loop on whatever is trainable now (e.g. a router adapter in ``after_task``) and returns the
+    pass's statistics. ``train_overrides`` replace ``train.*`` fields (epochs, lr, ...) for that pass."""
 
     @property
     def model(self) -> torch.nn.Module:
@@ -76,6 +82,7 @@ class Method:
     """Base method: plain training of whatever ``setup`` leaves trainable, no extra loss."""
 
     name: ClassVar[str] = "base"
+    extra_tracks: ClassVar[tuple[str, ...]] = ()  # matrix tracks beyond the scorers (see extra_routes)
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     schedule: ClassVar[Literal["sequential", "joint", "none"]] = "sequential"
     supports: ClassVar[frozenset[str]] = frozenset({"ddp"})  # distributed settings beyond one process
@@ -133,6 +140,18 @@ class Method:
     def route(self, samples: list[Sample], task: Task) -> list[str] | None:
         """Adapter name per sample for evaluation (peft ``adapter_names=``), or None for no routing."""
         return None
+
+    def extra_routes(self, samples: list[Sample], task: Task) -> dict[str, list[str]]:
+        """More routings to evaluate after :meth:`route`, by track name (e.g. ``{"oracle": [...]}``).
+
+        Each is generated (only the samples whose adapter differs from :meth:`route`'s) and scored
+        with the task's primary scorer; the mean is the task's cell in that track's matrix.
+        """
+        return {}
+
+    def sample_tracks(self, task: Task) -> dict[str, list[float | None]]:
+        """Per-sample values of further tracks for the evaluation just run (None = not defined)."""
+        return {}
 
     # --- bookkeeping -----------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
