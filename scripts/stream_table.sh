@@ -6,7 +6,7 @@
 # Each run goes to OUT_DIR/<method>-s<seed>; a finished run is skipped and an interrupted one is
 # continued with --resume, so the table can be filled over several sessions. Two runs go side by
 # side with one thread each (on 2 cores this finishes sooner than one run with two threads).
-# At the end: mmcl compare (the README table) and mmcl compare --protocol msvqa.
+# At the end: mmcl compare (the README table), and mmcl compare --protocol msvqa for an MSVQA stream.
 set -euo pipefail
 out=${1:?OUT_DIR}; methods=${2:?methods}; seeds=${3:?seeds}; shift 3
 configs=("$@")
@@ -34,4 +34,6 @@ for job in "${jobs_list[@]}"; do
 done
 wait
 mmcl compare "$out"/*-s*/ -o "$out/compare"
-mmcl compare "$out"/*-s*/ --protocol msvqa -o "$out/compare"
+if [ ${#configs[@]} -eq 0 ] || grep -qs "msvqa" "${configs[@]}"; then  # the MSVQA protocol table (per scenario, VQA score and F1)
+  mmcl compare "$out"/*-s*/ --protocol msvqa -o "$out/compare"
+fi

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,12 @@ def test_run_reports_router_accuracy_and_oracle_tracks(tiny_llava_dir: Path, tmp
 def test_model_train_projector_is_refused(tiny_llava_dir: Path) -> None:
     with pytest.raises(ValueError, match="method.train_projector"):
         build_test_method(tiny_llava_dir, "mr-lora", "model.train_projector=true", setup=False)
+
+
+def test_projector_copies_refused_where_the_projector_input_is_packed(tiny_llava_dir: Path) -> None:
+    method = build_test_method(tiny_llava_dir, "mr-lora", setup=False)
+    bundle = method.ctx.bundle
+    bundle.family = dataclasses.replace(bundle.family, name="qwen2-vl")
+    with pytest.raises(ValueError, match="train_projector=false"):
+        MRLoRA(method.ctx, method.options)
+    MRLoRA(method.ctx, MRLoRA.parse_options({"train_projector": False}))  # without copies it is fine

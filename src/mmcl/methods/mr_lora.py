@@ -60,6 +60,8 @@ from mmcl.methods.lora_ft import lora_config
 from mmcl.train.encode import Encoder
 
 ROUTER = "router"
+PACKED_VISION_FAMILIES = frozenset({"llava-next", "qwen2-vl", "qwen2.5-vl"})
+"""Families whose projector input is not one row per sample (anyres tiles, packed patches)."""
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 DEFAULT_TEMPLATE = (
@@ -128,6 +130,13 @@ class MRLoRA(Method):
             raise ValueError(
                 "method 'mr-lora' gives each expert its own projector through method.train_projector; "
                 "leave model.train_projector false"
+            )
+        family = ctx.bundle.family.name
+        if self.opts.train_projector and family in PACKED_VISION_FAMILIES:
+            raise ValueError(
+                f"method 'mr-lora' cannot give each expert its own projector on a {family} model: its projector "
+                "sees image patches packed or tiled across the batch, not one row per sample, so peft cannot "
+                "route it per sample; set method.train_projector=false"
             )
         self.experts: list[str] = []  # task name of expert k
         self.buffer: dict[str, list[str]] = {}  # task name -> kept training sample ids (the router's data)
