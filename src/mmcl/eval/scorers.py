@@ -20,6 +20,8 @@ Registered scorers:
 - ``mllmcl_ai2d``, ``mllmcl_pvqa``, ``mllmcl_fin``, ``mllmcl_sci``, ``mllmcl_ocr``,
   ``mllmcl_cvbench``: the official MLLM-CL rules, in :mod:`mmcl.eval.mllm_cl_scorers`
   (imported at the bottom of this module, so :func:`get_scorer` finds them).
+- ``cnext_text``, ``cnext_ocrvqa``, ``cnext_grounding``: the Continual-NExT (MAGE) rules, in
+  :mod:`mmcl.eval.continual_next` (also imported at the bottom of this module).
 
 Sample-aware scorers: a scorer that needs more than the answers (the image file name, a
 question category...) is marked with :func:`sample_aware` and has the signature
@@ -516,6 +518,6 @@ def contains(prediction: str, references: Sequence[str]) -> float:
     )
 
 
-# The official MLLM-CL scorers register themselves in SCORERS on import. At the bottom so
-# that everything they import from this module exists already.
-from mmcl.eval import mllm_cl_scorers  # noqa: E402, F401
+# The official MLLM-CL scorers and the Continual-NExT (cnext_*) scorers register themselves
+# in SCORERS on import. At the bottom so that everything they import from this module exists already.
+from mmcl.eval import continual_next, mllm_cl_scorers  # noqa: E402, F401
