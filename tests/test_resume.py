@@ -73,7 +73,7 @@ def _assert_same_run(ref: Path, resumed: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("method", ["lora-ft", "ewc", "mr-lora"])
+@pytest.mark.parametrize("method", ["lora-ft", "ewc", "mr-lora", "mage"])
 def test_killed_twice_then_resumed_equals_uninterrupted(
     method: str, tiny_llava_dir: Path, tmp_path: Path
 ) -> None:

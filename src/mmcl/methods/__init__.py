@@ -6,7 +6,7 @@ Importing this package registers the built-in methods.
 from mmcl.methods.base import METHODS, Method, RunContext
 
 # Built-in methods register themselves on import.
-from mmcl.methods import ewc, joint, lora_ft, lwf, moelora, mr_lora, olora, quad, replay, unifier, unifier_quad, zero_shot  # noqa: E402,F401  isort: skip
+from mmcl.methods import ewc, joint, lora_ft, lwf, mage, moelora, mr_lora, olora, quad, replay, unifier, unifier_quad, zero_shot  # noqa: E402,F401  isort: skip
 
 __all__ = ["METHODS", "Method", "RunContext", "build_method"]
 

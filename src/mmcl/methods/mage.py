@@ -1,0 +1,469 @@
+"""``mage``: MAGE of Continual-NExT (Qiao et al., 2026, arXiv 2602.18055): Mixture and Aggregation
+of General and Expert LoRAs, as in the released code (``JingyangQiao/MAGE``; see
+``shared/references/continual_next_mage.md`` (next to the repository), "the reference", sections cited as §).
+
+**Experts (§2.1).** Every target linear layer of the run's LoRA config (``lora_config``: the LM's
+attention and MLP projections by default) holds four LoRA experts, here four peft adapters on the
+same model::
+
+    gen_text_in    general LoRA, text input      (released expert index 0, flag ``text_input``)
+    gen_image_in   general LoRA, image input     (index 1, ``image_input``)
+    exp_text_out   expert LoRA, text output      (index 2, ``text_output``)
+    exp_image_out  expert LoRA, image output     (index 3, ``image_output``)
+
+All four are active at every step and in evaluation (``LoraModel.set_adapter([all four])``:
+peft's ``lora.Linear.forward`` adds ``B_i A_i x * scaling_i`` for each active adapter), so a layer
+computes ``W x + sum_i s B_i A_i x``: the **equal-weight sum** of the released ``MAGELinear``
+(``router = [1, 1, 1, 1]``). With ``split_rank`` (default, as released) each expert has rank
+``model.lora_rank / 4`` and peft ``lora_alpha = model.lora_alpha / 4``, so every expert's scaling
+is ``lora_alpha / lora_rank`` of the whole layer (the released ``r: 32`` = 4 experts of rank 8,
+scaling 32/32 = 1) and the four together hold as many parameters as one ``lora-ft`` adapter.
+Initialisation is peft's (A Kaiming-uniform, B = 0; released: A ~ N(0, 0.01), B = 0).
+
+``gate: token`` replaces the equal weights by a learned per-token softmax over the four experts,
+the released code's commented-out ``router = softmax(self.lora_router(x))`` (§2.1). peft cannot
+express a per-token mixture of adapters, so it is done with forward hooks: each LoRA layer gets a
+``mage_router`` ``nn.Linear(in_features, 4)`` (zero-initialised, so the gate starts uniform at
+1/4 each); a pre-forward hook computes ``softmax(router(x))`` and a forward hook on each expert's
+``lora_B`` multiplies its output by that expert's gate column. The routers train at every task
+(they are not modality-gated) and are not aggregated. Off by default, as released.
+
+**Modality gating (§2.2).** Per task, only the experts of the modalities it uses train: the
+general expert of each input modality and the expert of each output modality. The modalities come
+from ``task.meta["modalities"]`` (``{"in": ["text", "image"], "out": ["text"]}``) when present,
+else: in = text, plus image if any training sample has an image; out = text. So VQA trains
+gen_text_in, gen_image_in, exp_text_out; text-to-image trains gen_text_in, exp_image_out; editing
+trains gen_text_in, gen_image_in, exp_image_out. The other experts stay frozen but active (weight
+1 in the sum). ``gating: false`` trains all four at every task (the ablation "equal-weight sum
+only" together with ``aggregation: false``).
+
+**Aggregation, PEMA (§2.3).** During a task, each trained expert tensor ``theta`` (every A and B)
+keeps a running average ``avg`` (set to ``theta`` when the task starts). At every update step
+(``after_backward``, i.e. before the optimizer step, as released) with gradient ``g``::
+
+    a     = theta - avg                      # released: a = θ − ema
+    alpha = (1 + g) / (a * g**2 + eps)       # released: alpha = (g + 1) @ inv(aᵀ g² + eps·I)
+    alpha = fallback_alpha where alpha is not finite or outside [0, 1]   (pema_out_of_range=fallback)
+    avg   = alpha * avg + (1 - alpha) * theta   # alpha weighs the OLD (stable) copy, as released
+
+and at the end of the task (``after_task``) the averages replace the trained weights
+(released ``ema_replace``; an average with a NaN/inf is not copied, as released, and counted).
+
+Differences from the released code, on purpose:
+
+* **Elementwise instead of a d×d inverse.** The released code forms ``aᵀ g²`` (an
+  ``in × in`` matrix for every A: 5120² or 13824² on SEED-X) and inverts it at every step. Here the
+  matrix is replaced by its elementwise analogue ``a ⊙ g² + eps`` (each element its own 1×1
+  "Hessian"), which costs O(params) time and one extra copy of the trained experts in memory. This
+  is the diagonal approximation the reference proposes ([inferred] in §2.3).
+* **Fallback explicit and counted.** The released code falls back to ``ema = 0.99 ema + 0.01 θ``
+  inside a bare ``except:`` (singular matrix, missing grad). Here the fallback is per element and
+  counted in ``cost()["pema"]``: ``zero_denominator`` (``a g² + eps == 0``), ``out_of_range``
+  (alpha not finite or outside [0, 1]; with ``pema_out_of_range: clamp`` a finite alpha is clamped
+  instead and only non-finite ones fall back), ``no_grad_elements`` (a trained tensor without a
+  gradient: the whole tensor takes the plain EMA) and ``not_replaced`` (averages with NaN/inf
+  left out at the end). With the released constants (``eps = 1e-5``) and LoRA-sized weights and
+  gradients, ``a g²`` is far below ``eps``, so alpha is about ``1e5`` and most elements take the
+  fallback, i.e. a plain EMA with coefficient ``pema_fallback_alpha``: the counts say how often.
+  (The released matrix form has the same scale: ``inv(aᵀg² + 1e-5 I)`` is about ``1e5 I``.)
+  A plain EMA of 0.99 over N update steps keeps a weight of ``0.99**N`` on the start-of-task
+  weights (0.37 at N = 100, 0.05 at the released 3000 steps): on short tasks aggregation undoes
+  much of the task's learning; lower ``pema_fallback_alpha`` for them.
+* **Gradient as released: clipped.** The released update reads ``param.grad`` after clipping;
+  ``after_backward`` runs before the loop clips, so with ``pema_clipped_grad`` (default) ``g`` is
+  scaled by the clipping factor ``min(1, max_grad_norm / (||g||_2 + 1e-6))`` over the trainable
+  parameters, the factor ``clip_grad_norm_`` applies next.
+* **Update steps only.** The released code also updates on non-synchronising micro-steps of
+  gradient accumulation (partial gradients). Here, by default, only steps whose gradients are
+  complete (accelerate's ``sync_gradients``) update the averages: the same on one process with
+  ``grad_accum: 1``, and under DDP every process then holds the same averages.
+  ``pema_micro_steps: true`` updates on every backward, as released.
+* **Only the experts.** The released code also snapshots every other trainable tensor (norms,
+  embeddings, the unused router) and ``ema_replace`` resets them to their start-of-task values
+  (§2.3, point 1). Here only the trained experts are averaged.
+
+Resume: a checkpoint is written after ``after_task`` (see :mod:`mmcl.checkpoint`), when no average
+is held; ``state_dict`` still carries the averages if any (mid-task), the counters and the
+per-stage log. ``model.train_projector`` is refused: peft's ``modules_to_save`` keeps one active
+adapter, MAGE keeps four. Distributed: DDP (``param.grad`` must be local and full, §4).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
+
+import torch
+from accelerate.state import GradientState
+from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
+from pydantic import Field
+
+from mmcl.data.sample import Sample, Task
+from mmcl.methods.base import METHODS, Method, MethodOptions, RunContext
+from mmcl.methods.lora_ft import lora_config
+
+MODALITIES = ("text", "image")
+EXPERTS = ("gen_text_in", "gen_image_in", "exp_text_out", "exp_image_out")
+"""Adapter names, in the released code's expert order (text_input, image_input, text_output, image_output)."""
+N_EXPERTS = len(EXPERTS)
+
+
+class MAGEOptions(MethodOptions):
+    """Ablation switches, the optional token gate, expert ranks and PEMA's coefficients."""
+
+    gating: bool = Field(True, description="train only the experts of the task's modalities (false: all four)")
+    aggregation: bool = Field(True, description="PEMA running average replaces the trained experts after each task")
+    gate: Literal["none", "token"] = Field(
+        "none", description="'none': equal-weight sum (released); 'token': learned per-token softmax over experts"
+    )
+    split_rank: bool = Field(
+        True, description="each expert rank lora_rank/4 with scaling lora_alpha/lora_rank (released); false: full rank"
+    )
+    pema_eps: float = Field(1e-5, ge=0.0, description="ridge added to the denominator (released: 1e-5 * I)")
+    pema_fallback_alpha: float = Field(
+        0.99, ge=0.0, le=1.0, description="weight on the old average where PEMA's alpha is unusable (released: 0.99)"
+    )
+    pema_out_of_range: Literal["fallback", "clamp"] = Field(
+        "fallback", description="alpha outside [0, 1]: 'fallback' to pema_fallback_alpha, or 'clamp' into [0, 1]"
+    )
+    pema_clipped_grad: bool = Field(True, description="scale g as the loop's grad clipping will (released: clipped)")
+    pema_micro_steps: bool = Field(
+        False, description="also update on non-sync gradient-accumulation micro-steps (released: true)"
+    )
+
+
+def expert_of(role: Literal["in", "out"], modality: str) -> str:
+    """The adapter for a modality on the input (general) or output (expert) side."""
+    return f"gen_{modality}_in" if role == "in" else f"exp_{modality}_out"
+
+
+def task_modalities(task: Task, samples: Sequence[Sample] | None = None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(input modalities, output modalities) of ``task``.
+
+    ``task.meta["modalities"]`` (``{"in": [...], "out": [...]}``) when present; else input = text,
+    plus image if any training sample (``samples`` if given, else ``task.train``) has an image, and
+    output = text.
+    """
+    declared = task.meta.get("modalities") if task.meta else None
+    if declared is not None:
+        if not isinstance(declared, dict) or set(declared) != {"in", "out"}:
+            raise ValueError(
+                f"task {task.name!r}: meta['modalities'] must be a dict with keys 'in' and 'out', got {declared!r}"
+            )
+        out: list[tuple[str, ...]] = []
+        for side in ("in", "out"):
+            mods = declared[side]
+            if isinstance(mods, str) or not isinstance(mods, Sequence) or not mods:
+                raise ValueError(f"task {task.name!r}: meta['modalities'][{side!r}] must be a non-empty list, got {mods!r}")
+            bad = [m for m in mods if m not in MODALITIES]
+            if bad:
+                raise ValueError(
+                    f"task {task.name!r}: unknown modality {bad[0]!r} in meta['modalities'][{side!r}] "
+                    f"(known: {', '.join(MODALITIES)})"
+                )
+            out.append(tuple(m for m in MODALITIES if m in mods))
+        return out[0], out[1]
+    pool = task.train if samples is None else samples
+    has_image = any(s.image is not None for s in pool)
+    return (("text", "image") if has_image else ("text",)), ("text",)
+
+
+def experts_to_train(inputs: Sequence[str], outputs: Sequence[str]) -> list[str]:
+    """The modality gating rule (§2.2): the general expert of each input, the expert of each output."""
+    wanted = {expert_of("in", m) for m in inputs} | {expert_of("out", m) for m in outputs}
+    return [e for e in EXPERTS if e in wanted]
+
+
+def pema_update(
+    avg: torch.Tensor,
+    theta: torch.Tensor,
+    grad: torch.Tensor | None,
+    *,
+    eps: float = 1e-5,
+    fallback_alpha: float = 0.99,
+    out_of_range: Literal["fallback", "clamp"] = "fallback",
+) -> dict[str, int]:
+    """One PEMA step on ``avg`` in place (elementwise form of §2.3; see the module docstring).
+
+    ``alpha = (1 + g) / ((theta - avg) * g**2 + eps)``; ``avg <- alpha * avg + (1 - alpha) * theta``.
+    Elements whose alpha is unusable take ``fallback_alpha`` (the released ``except`` branch).
+    Returns the counts: ``elements``, ``zero_denominator``, ``out_of_range``, ``no_grad_elements``.
+    """
+    with torch.no_grad():
+        th = theta.detach().to(avg.dtype)
+        n = avg.numel()
+        if grad is None:  # the released code's except branch for a missing grad: a plain EMA
+            avg.mul_(fallback_alpha).add_(th, alpha=1.0 - fallback_alpha)
+            return {"elements": n, "zero_denominator": 0, "out_of_range": 0, "no_grad_elements": n}
+        g = grad.detach().to(avg.dtype)
+        den = (th - avg) * g.square() + eps
+        zero = den == 0
+        alpha = (1.0 + g) / torch.where(zero, torch.ones_like(den), den)
+        finite = torch.isfinite(alpha) & ~zero
+        if out_of_range == "clamp":
+            alpha = alpha.clamp(0.0, 1.0)
+            bad = ~finite
+        else:
+            bad = ~finite | (alpha < 0) | (alpha > 1)
+        alpha = torch.where(bad, torch.full_like(alpha, fallback_alpha), alpha)
+        avg.mul_(alpha).add_((1.0 - alpha) * th)
+        n_zero = int(zero.sum())
+        return {
+            "elements": n,
+            "zero_denominator": n_zero,
+            "out_of_range": int(bad.sum()) - n_zero,
+            "no_grad_elements": 0,
+        }
+
+
+def _new_counts() -> dict[str, int]:
+    return {"elements": 0, "zero_denominator": 0, "out_of_range": 0, "no_grad_elements": 0, "not_replaced": 0}
+
+
+@METHODS.register("mage")
+class MAGE(Method):
+    """Four always-active LoRA experts per layer, modality-gated training, PEMA aggregation per task."""
+
+    name = "mage"
+    Options = MAGEOptions
+    supports = frozenset({"ddp"})
+
+    def __init__(self, ctx: RunContext, options: MethodOptions) -> None:
+        super().__init__(ctx, options)
+        if ctx.config.model.train_projector:
+            raise ValueError(
+                "method 'mage' does not support model.train_projector=true: peft's modules_to_save "
+                "allows one active adapter, while MAGE keeps its four experts active"
+            )
+        if self.opts.split_rank and (ctx.config.model.lora_rank % N_EXPERTS):
+            raise ValueError(
+                f"method 'mage' with split_rank=true gives each of its {N_EXPERTS} experts rank lora_rank/{N_EXPERTS}: "
+                f"model.lora_rank={ctx.config.model.lora_rank} is not a multiple of {N_EXPERTS} "
+                "(set model.lora_rank, or method.split_rank=false for full-rank experts)"
+            )
+        self._layers: list[tuple[str, LoraLayer]] = []
+        self._hooks: list[Any] = []
+        self.trained: list[str] = list(EXPERTS)  # experts trainable in the current/last task
+        self.modalities: dict[str, list[str]] = {}
+        self.avg: dict[str, torch.Tensor] = {}  # PEMA running averages of the trained tensors (this task)
+        self.counts: dict[str, int] = _new_counts()  # PEMA counters, whole run
+        self.stage_log: list[dict[str, Any]] = []  # per stage: modalities, trained experts, PEMA counts
+        self._stage_counts: dict[str, int] = _new_counts()
+        self.peak_avg_bytes = 0
+
+    @property
+    def opts(self) -> MAGEOptions:
+        assert isinstance(self.options, MAGEOptions)
+        return self.options
+
+    # ------------------------------------------------------------------ adapters
+    def _config(self) -> LoraConfig:
+        cfg = copy.deepcopy(lora_config(self))
+        if self.opts.split_rank:  # scaling lora_alpha / lora_rank per expert, as the released MAGELinear
+            cfg.r = cfg.r // N_EXPERTS
+            cfg.lora_alpha = cfg.lora_alpha / N_EXPERTS
+        return cfg
+
+    def setup(self, model: torch.nn.Module) -> torch.nn.Module:
+        torch.manual_seed(self.ctx.seed)
+        self.model = get_peft_model(model, self._config(), adapter_name=EXPERTS[0])
+        self._ensure_experts()
+        return self.model
+
+    def _ensure_experts(self) -> None:
+        """Add the missing experts (and token gates), make all four active, set the trainable flags."""
+        for e in EXPERTS:
+            if e not in self.model.peft_config:
+                self.model.add_adapter(e, self._config())
+        self._layers = [
+            (n, m) for n, m in self.model.named_modules() if isinstance(m, LoraLayer) and EXPERTS[0] in m.lora_A
+        ]
+        if self.opts.gate == "token" and not self._hooks:
+            self._add_token_gates()
+        self._activate()
+
+    def _activate(self) -> None:
+        """Every expert active (summed in the forward); only ``self.trained`` (and the gates) trainable."""
+        base = self.model.base_model
+        base.set_adapter(list(EXPERTS))  # also sets requires_grad=True on all four
+        frozen = [e for e in EXPERTS if e not in self.trained]
+        if frozen:
+            base.set_requires_grad(frozen, requires_grad=False)
+        for _, layer in self._layers:
+            if hasattr(layer, "mage_router"):
+                layer.mage_router.requires_grad_(True)
+
+    def _add_token_gates(self) -> None:
+        """Per-token softmax gate over the four experts, through forward hooks (see the module docstring)."""
+        for _, layer in self._layers:
+            base = layer.get_base_layer()
+            if not isinstance(base, torch.nn.Linear):
+                raise ValueError(f"method 'mage' gate=token needs nn.Linear targets, got {type(base).__name__}")
+            if not hasattr(layer, "mage_router"):
+                router = torch.nn.Linear(base.in_features, N_EXPERTS).to(base.weight.device)
+                torch.nn.init.zeros_(router.weight)
+                torch.nn.init.zeros_(router.bias)
+                layer.mage_router = router  # a submodule: saved by the checkpoint with the model
+            self._hooks.append(layer.register_forward_pre_hook(_compute_gate))
+            self._hooks.append(layer.register_forward_hook(_drop_gate))
+            for i, e in enumerate(EXPERTS):
+                self._hooks.append(layer.lora_B[e].register_forward_hook(_gate_hook(layer, i)))
+
+    def expert_tensors(self, experts: Iterable[str] = EXPERTS) -> dict[str, torch.nn.Parameter]:
+        """``{"<layer>.lora_A.<expert>": weight, ...}`` for the given experts."""
+        out: dict[str, torch.nn.Parameter] = {}
+        for e in experts:
+            for n, layer in self._layers:
+                out[f"{n}.lora_A.{e}"] = layer.lora_A[e].weight
+                out[f"{n}.lora_B.{e}"] = layer.lora_B[e].weight
+        return out
+
+    def _router_params(self) -> list[torch.nn.Parameter]:
+        return [p for _, layer in self._layers if hasattr(layer, "mage_router") for p in layer.mage_router.parameters()]
+
+    def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
+        # re-apply the flags: leaving peft's disable_adapter() re-enables grads on every active adapter
+        self._activate()
+        return list(self.expert_tensors(self.trained).values()) + self._router_params()
+
+    # ------------------------------------------------------------------ stages
+    def before_task(self, stage: int, task: Task) -> None:
+        inputs, outputs = task_modalities(task)
+        self.modalities = {"in": list(inputs), "out": list(outputs)}
+        self.trained = experts_to_train(inputs, outputs) if self.opts.gating else list(EXPERTS)
+        self._activate()
+        self._stage_counts = _new_counts()
+        self.avg = {}
+        if self.opts.aggregation:  # released: ema = deepcopy(θ) at the task's first step
+            self.avg = {k: p.detach().clone().float() for k, p in self.expert_tensors(self.trained).items()}
+            self.peak_avg_bytes = max(self.peak_avg_bytes, self._avg_bytes())
+
+    def after_backward(self, stage: int) -> None:
+        if not self.opts.aggregation or not self.avg:
+            return
+        if not self.opts.pema_micro_steps and not GradientState().sync_gradients:
+            return
+        tensors = self.expert_tensors(self.trained)
+        scale = self._clip_scale() if self.opts.pema_clipped_grad else 1.0
+        o = self.opts
+        for k, avg in self.avg.items():
+            p = tensors[k]
+            g = None if p.grad is None else p.grad * scale
+            c = pema_update(
+                avg, p, g, eps=o.pema_eps, fallback_alpha=o.pema_fallback_alpha, out_of_range=o.pema_out_of_range
+            )
+            for name, v in c.items():
+                self._stage_counts[name] += v
+                self.counts[name] += v
+
+    def _clip_scale(self) -> float:
+        """The factor the loop's ``clip_grad_norm_(params, max_grad_norm)`` is about to apply."""
+        max_norm = self.ctx.config.train.max_grad_norm
+        if not max_norm:
+            return 1.0
+        params = [*self.expert_tensors(self.trained).values(), *self._router_params()]
+        grads = [p.grad.detach() for p in params if p.requires_grad and p.grad is not None]
+        if not grads:
+            return 1.0
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+        return min(1.0, max_norm / (norm + 1e-6))
+
+    def after_task(self, stage: int, task: Task) -> None:
+        if self.opts.aggregation and self.avg:
+            self.replace_with_averages()
+        self.stage_log.append(
+            {
+                "stage": stage,
+                "task": task.name,
+                "modalities": dict(self.modalities),
+                "trained": list(self.trained),
+                "pema": dict(self._stage_counts),
+            }
+        )
+
+    def replace_with_averages(self) -> None:
+        """Copy each running average into its expert tensor (released ``ema_replace``), then drop them."""
+        tensors = self.expert_tensors(self.trained)
+        with torch.no_grad():
+            for k, avg in self.avg.items():
+                if not bool(torch.isfinite(avg).all()):  # released: skipped when the EMA has NaNs
+                    self._stage_counts["not_replaced"] += 1
+                    self.counts["not_replaced"] += 1
+                    continue
+                tensors[k].copy_(avg.to(tensors[k].dtype))
+        self.avg = {}
+
+    def _avg_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.avg.values())
+
+    # ------------------------------------------------------------------ bookkeeping
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "trained": list(self.trained),
+            "modalities": dict(self.modalities),
+            "avg": {k: t.detach().cpu().clone() for k, t in self.avg.items()},
+            "counts": dict(self.counts),
+            "stage_counts": dict(self._stage_counts),
+            "stage_log": copy.deepcopy(self.stage_log),
+            "peak_avg_bytes": self.peak_avg_bytes,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Re-create missing experts, restore the trainable set, running averages and counters."""
+        unknown = [e for e in state["trained"] if e not in EXPERTS]
+        if unknown:
+            raise ValueError(f"mage state: unknown expert {unknown[0]!r} (known: {', '.join(EXPERTS)})")
+        self.trained = list(state["trained"])
+        self.modalities = dict(state["modalities"])
+        self._ensure_experts()
+        own = self.expert_tensors(self.trained)
+        extra = sorted(set(state["avg"]) - set(own))
+        if extra:
+            raise ValueError(f"mage state: running averages for unknown tensors {extra[:3]}")
+        self.avg = {}
+        for k, t in state["avg"].items():
+            if t.shape != own[k].shape:
+                raise ValueError(f"mage state: {k} has shape {tuple(t.shape)}, expected {tuple(own[k].shape)}")
+            self.avg[k] = t.to(own[k].device, torch.float32).clone()
+        self.counts = {**_new_counts(), **state["counts"]}
+        self._stage_counts = {**_new_counts(), **state["stage_counts"]}
+        self.stage_log = copy.deepcopy(state["stage_log"])
+        self.peak_avg_bytes = int(state["peak_avg_bytes"])
+
+    def cost(self) -> dict[str, Any]:
+        experts = self.expert_tensors()
+        return {
+            "params_added": sum(p.numel() for p in experts.values()) + sum(p.numel() for p in self._router_params()),
+            "params_added_per_task": 0,  # four experts for the whole stream
+            "params_per_expert": sum(p.numel() for p in self.expert_tensors([EXPERTS[0]]).values()),
+            "held_bytes": {"running_averages": self._avg_bytes()},  # 0 between tasks: averages live in a task
+            "peak_running_average_bytes": self.peak_avg_bytes,
+            "pema": dict(self.counts),
+            "trained_experts": {str(s["stage"]): s["trained"] for s in self.stage_log},
+        }
+
+
+# ---------------------------------------------------------------------- token gate hooks
+def _compute_gate(layer: torch.nn.Module, args: tuple[Any, ...]) -> None:
+    x = args[0]
+    router = layer.mage_router
+    layer._mage_gate = torch.softmax(router(x.to(router.weight.dtype)), dim=-1)
+
+
+def _drop_gate(layer: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    layer.__dict__.pop("_mage_gate", None)
+
+
+def _gate_hook(layer: torch.nn.Module, index: int):
+    def hook(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        gate = layer.__dict__.get("_mage_gate")
+        if gate is None or gate.shape[:-1] != output.shape[:-1]:
+            raise RuntimeError(
+                "method 'mage' gate=token: the expert's output does not match the gate computed for this layer "
+                "(per-sample adapter_names routing is not supported with the token gate)"
+            )
+        return output * gate[..., index : index + 1].to(output.dtype)
+
+    return hook

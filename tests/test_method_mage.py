@@ -1,0 +1,358 @@
+"""MAGE: four always-active LoRA experts summed with equal weights, modality gating, PEMA aggregation."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import build_test_method, quick_overrides, run_quick, train_stage
+
+from mmcl.config import load_config
+from mmcl.data.sample import Sample, Task
+from mmcl.methods import RunContext
+from mmcl.methods.mage import EXPERTS, MAGE, experts_to_train, pema_update, task_modalities
+from mmcl.train.encode import Encoder, collate_train
+
+TRAIN = ("train.lr=0.01",)
+
+
+def _method(model_dir: Path, *extra: str) -> MAGE:
+    method = build_test_method(model_dir, "mage", *TRAIN, *extra)
+    assert isinstance(method, MAGE)
+    return method
+
+
+def _snapshot(method: MAGE) -> dict[str, torch.Tensor]:
+    return {k: p.detach().clone() for k, p in method.expert_tensors().items()}
+
+
+def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
+    """The experts with any tensor changed."""
+    return {k.rsplit(".", 1)[1] for k in before if not torch.equal(before[k], after[k])}
+
+
+def _logits(method: MAGE, n: int = 3) -> torch.Tensor:
+    bundle = method.ctx.bundle
+    enc = Encoder(bundle.processor).encode(method.ctx.benchmark.tasks[0].test[:n], with_answer=True)
+    batch = collate_train(enc, bundle.tokenizer.pad_token_id)
+    method.model.eval()
+    with torch.no_grad():
+        return method.model(**batch).logits
+
+
+# ---------------------------------------------------------------------- experts
+def test_four_experts_active_and_summed_with_equal_weights(tiny_llava_dir: Path) -> None:
+    method = _method(tiny_llava_dir)
+    model = method.model
+    assert model.base_model.active_adapters == list(EXPERTS)
+    assert len(method._layers) > 0
+    name, layer = method._layers[0]
+    # split_rank: each expert rank lora_rank/4, scaling lora_alpha/lora_rank (32/16 here)
+    for e in EXPERTS:
+        assert layer.lora_A[e].weight.shape[0] == 16 // 4 and layer.scaling[e] == pytest.approx(32 / 16)
+    torch.manual_seed(1)
+    x = torch.randn(2, 5, layer.in_features)
+    layer.eval()
+    base = layer.get_base_layer()
+    with torch.no_grad():
+        for e in EXPERTS:  # perturb expert e's B by d: the output moves by exactly s * d A x
+            before = layer(x)
+            d = 0.1 * torch.randn_like(layer.lora_B[e].weight)
+            layer.lora_B[e].weight.add_(d)
+            delta = layer(x) - before
+            expected = layer.scaling[e] * (x @ layer.lora_A[e].weight.T) @ d.T
+            assert delta.abs().max() > 1e-3
+            assert torch.allclose(delta, expected, atol=1e-5), e
+        # all four B's now non-zero: the output is the base plus the plain (weight 1) sum of the four
+        total = base(x) + sum(
+            layer.scaling[e] * layer.lora_B[e](layer.lora_A[e](x)) for e in EXPERTS
+        )
+        assert torch.allclose(layer(x), total, atol=1e-5)
+
+    # the whole model: changing any one expert's B changes the logits
+    ref = _logits(method)
+    for e in EXPERTS:
+        params = method.expert_tensors([e])
+        key = next(k for k in params if ".lora_B." in k)
+        with torch.no_grad():
+            params[key].add_(0.5)
+            moved = _logits(method)
+            params[key].sub_(0.5)
+        assert not torch.allclose(moved, ref, atol=1e-4), e
+    assert torch.allclose(_logits(method), ref, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- gating
+def test_task_modalities_from_meta_or_samples() -> None:
+    with_img = [Sample(id="a", question="q", answers=["x"], image="img.png"), Sample(id="b", question="q", answers=["y"])]
+    text_only = [Sample(id="c", question="q", answers=["x"])]
+    assert task_modalities(Task("t", with_img, [])) == (("text", "image"), ("text",))
+    assert task_modalities(Task("t", text_only, [])) == (("text",), ("text",))
+    t2i = Task("t2i", text_only, [], meta={"modalities": {"in": ["text"], "out": ["image"]}})
+    assert task_modalities(t2i) == (("text",), ("image",))
+    edit = Task("edit", text_only, [], meta={"modalities": {"in": ["image", "text"], "out": ["image"]}})
+    assert task_modalities(edit) == (("text", "image"), ("image",))
+    # the gating rule of the released code (reference §2.2)
+    assert experts_to_train(("text", "image"), ("text",)) == ["gen_text_in", "gen_image_in", "exp_text_out"]
+    assert experts_to_train(("text",), ("image",)) == ["gen_text_in", "exp_image_out"]
+    assert experts_to_train(("text", "image"), ("image",)) == ["gen_text_in", "gen_image_in", "exp_image_out"]
+    for bad, match in [
+        ({"in": ["text"]}, "keys 'in' and 'out'"),
+        ({"in": ["text", "audio"], "out": ["text"]}, "unknown modality 'audio'"),
+        ({"in": [], "out": ["text"]}, "non-empty list"),
+        ({"in": "text", "out": ["text"]}, "non-empty list"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            task_modalities(Task("bad", text_only, [], meta={"modalities": bad}))
+
+
+@pytest.fixture(scope="module")
+def gated_run(tiny_llava_dir: Path) -> dict:
+    """Three stages: image+text -> text; text only (samples without images); image out (meta)."""
+    method = _method(tiny_llava_dir)
+    tasks = method.ctx.benchmark.tasks
+    tasks[1] = dataclasses.replace(tasks[1], train=[dataclasses.replace(s, image=None) for s in tasks[1].train])
+    tasks[2] = dataclasses.replace(tasks[2], meta={**tasks[2].meta, "modalities": {"in": ["text"], "out": ["image"]}})
+    rec = []
+    for t in range(3):
+        before = _snapshot(method)
+        method.before_task(t, tasks[t])
+        flags = {e for e in EXPERTS if all(p.requires_grad for p in method.expert_tensors([e]).values())}
+        frozen = {e for e in EXPERTS if not any(p.requires_grad for p in method.expert_tensors([e]).values())}
+        train_stage(method, t)
+        rec.append({"flags": flags, "frozen": frozen, "changed": _changed(before, _snapshot(method))})
+    return {"method": method, "stages": rec}
+
+
+@pytest.mark.parametrize(
+    ("stage", "trained"),
+    [
+        (0, {"gen_text_in", "gen_image_in", "exp_text_out"}),  # images in, text out
+        (1, {"gen_text_in", "exp_text_out"}),  # no image in any training sample
+        (2, {"gen_text_in", "exp_image_out"}),  # meta: text -> image
+    ],
+)
+def test_gating_trains_exactly_the_tasks_experts(gated_run: dict, stage: int, trained: set[str]) -> None:
+    s = gated_run["stages"][stage]
+    assert s["flags"] == trained
+    assert s["frozen"] == set(EXPERTS) - trained
+    assert s["changed"] == trained  # frozen experts bit-identical after the stage, trained ones moved
+
+
+def test_gating_log_and_trainable_parameters(gated_run: dict) -> None:
+    method: MAGE = gated_run["method"]
+    assert method.trained == ["gen_text_in", "exp_image_out"]
+    assert {id(p) for p in method.trainable_parameters()} == {
+        id(p) for p in method.expert_tensors(method.trained).values()
+    }
+    assert {id(p) for p in method.model.parameters() if p.requires_grad} == {
+        id(p) for p in method.expert_tensors(method.trained).values()
+    }
+    # peft re-enables grads of every active adapter when disable_adapter() exits; the flags come back
+    with method.model.disable_adapter():
+        pass
+    assert len(list(method.trainable_parameters())) == len(method.expert_tensors(method.trained))
+    log = method.cost()["trained_experts"]
+    assert log == {"0": ["gen_text_in", "gen_image_in", "exp_text_out"], "1": ["gen_text_in", "exp_text_out"],
+                   "2": ["gen_text_in", "exp_image_out"]}
+    assert method.stage_log[2]["modalities"] == {"in": ["text"], "out": ["image"]}
+
+
+def test_no_gating_trains_all_four(tiny_llava_dir: Path) -> None:
+    method = _method(tiny_llava_dir, "method.gating=false", "train.max_steps=2")
+    before = _snapshot(method)
+    train_stage(method, 0)
+    assert method.trained == list(EXPERTS)
+    assert _changed(before, _snapshot(method)) == set(EXPERTS)
+
+
+# ---------------------------------------------------------------------- aggregation
+def test_pema_update_by_hand() -> None:
+    avg = torch.tensor([0.0, 1.0, 2.0, 0.5, 3.0])
+    theta = torch.tensor([4.0, 4.0, 2.0, 1.5, 2.0])
+    grad = torch.tensor([1.0, 2.0, 1.0, 0.1, 1.0])
+    # alpha = (1 + g) / ((theta - avg) g^2 + eps), eps = 0:
+    #  0: 2 / (4 * 1) = 0.5        -> 0.5 * 0 + 0.5 * 4 = 2
+    #  1: 3 / (3 * 4) = 0.25       -> 0.25 * 1 + 0.75 * 4 = 3.25
+    #  2: a = 0: zero denominator  -> fallback 0.99 * 2 + 0.01 * 2 = 2
+    #  3: 1.1 / (1 * 0.01) = 110 > 1: out of range -> 0.99 * 0.5 + 0.01 * 1.5 = 0.51
+    #  4: 2 / (-1 * 1) = -2 < 0: out of range      -> 0.99 * 3 + 0.01 * 2 = 2.99
+    a = avg.clone()
+    counts = pema_update(a, theta, grad, eps=0.0, fallback_alpha=0.99)
+    assert torch.allclose(a, torch.tensor([2.0, 3.25, 2.0, 0.51, 2.99]))
+    assert counts == {"elements": 5, "zero_denominator": 1, "out_of_range": 2, "no_grad_elements": 0}
+    # clamp: finite alphas are clamped into [0, 1] (110 -> 1 keeps the average, -2 -> 0 takes theta)
+    a = avg.clone()
+    counts = pema_update(a, theta, grad, eps=0.0, fallback_alpha=0.99, out_of_range="clamp")
+    assert torch.allclose(a, torch.tensor([2.0, 3.25, 2.0, 0.5, 2.0]))
+    assert counts == {"elements": 5, "zero_denominator": 1, "out_of_range": 0, "no_grad_elements": 0}
+    # the released ridge eps = 1e-5, elementwise by hand
+    a = avg.clone()
+    pema_update(a, theta, grad, eps=1e-5, fallback_alpha=0.9)
+    exp = []
+    for av, th, g in zip(avg.tolist(), theta.tolist(), grad.tolist(), strict=True):
+        al = (1 + g) / ((th - av) * g * g + 1e-5)
+        al = al if 0 <= al <= 1 else 0.9
+        exp.append(al * av + (1 - al) * th)
+    assert torch.allclose(a, torch.tensor(exp))
+    # a tensor without a gradient takes the plain EMA (the released except branch), counted
+    a = avg.clone()
+    counts = pema_update(a, theta, None, fallback_alpha=0.9)
+    assert torch.allclose(a, 0.9 * avg + 0.1 * theta)
+    assert counts["no_grad_elements"] == 5
+
+
+def test_after_backward_and_after_task_apply_pema(tiny_llava_dir: Path) -> None:
+    method = _method(tiny_llava_dir, "method.pema_clipped_grad=false", "method.pema_eps=0.0")
+    task = method.ctx.benchmark.tasks[0]
+    method.before_task(0, task)
+    params = method.expert_tensors(method.trained)
+    assert set(method.avg) == set(params) and "gen_image_in" in method.trained
+    start = {k: p.detach().clone() for k, p in params.items()}
+    torch.manual_seed(3)
+    with torch.no_grad():  # as if the optimizer had moved the weights
+        for p in params.values():
+            p.add_(0.3 * torch.randn_like(p))
+    for p in params.values():
+        p.grad = torch.randn_like(p)
+    trained = {k: p.detach().clone() for k, p in params.items()}
+    method.after_backward(0)
+    for k, p in params.items():  # the formula, written out again
+        g, a = p.grad, trained[k] - start[k]
+        alpha = (1 + g) / (a * g * g)
+        alpha = torch.where(torch.isfinite(alpha) & (alpha >= 0) & (alpha <= 1), alpha, torch.full_like(alpha, 0.99))
+        assert torch.allclose(method.avg[k], alpha * start[k] + (1 - alpha) * trained[k], atol=1e-6), k
+    c = method.cost()["pema"]
+    assert c["elements"] == sum(p.numel() for p in params.values()) and 0 < c["out_of_range"] < c["elements"]
+    expected = {k: t.clone() for k, t in method.avg.items()}
+    assert method.cost()["held_bytes"]["running_averages"] == 4 * c["elements"]
+    method.after_task(0, task)  # the averages replace the trained weights, then are dropped
+    for k, p in params.items():
+        assert torch.equal(p.detach(), expected[k])
+        assert not torch.equal(p.detach(), trained[k])
+    assert method.avg == {} and method.cost()["held_bytes"]["running_averages"] == 0
+    # a non-finite average is not copied in (as released), and counted
+    method.before_task(1, task)
+    k0 = next(iter(method.avg))
+    method.avg[k0][0, 0] = float("nan")
+    before = params[k0].detach().clone()
+    method.after_task(1, task)
+    assert torch.equal(params[k0].detach(), before) and method.cost()["pema"]["not_replaced"] == 1
+
+
+def test_training_with_and_without_aggregation(tiny_llava_dir: Path) -> None:
+    runs = {}
+    for agg in (True, False):
+        method = _method(tiny_llava_dir, f"method.aggregation={str(agg).lower()}", "train.max_steps=3")
+        train_stage(method, 0, finish=False)
+        trained = _snapshot(method)
+        avg = {k: t.clone() for k, t in method.avg.items()}
+        method.after_task(0, method.ctx.benchmark.tasks[0])
+        runs[agg] = (method, trained, avg, _snapshot(method))
+    method, trained, avg, final = runs[True]
+    assert set(avg) == set(method.expert_tensors(method.trained))
+    for k, t in final.items():  # trained experts end at their running average, frozen ones untouched
+        assert torch.equal(t, avg[k] if k in avg else trained[k]), k
+    assert any(not torch.equal(final[k], trained[k]) for k in avg)
+    c = method.cost()["pema"]
+    assert c["elements"] == 3 * sum(t.numel() for t in avg.values())  # one update per step
+    assert c["zero_denominator"] + c["out_of_range"] <= c["elements"]
+    method, trained, avg, final = runs[False]
+    assert avg == {} and final.keys() == trained.keys()
+    assert all(torch.equal(final[k], trained[k]) for k in final)
+    assert method.cost()["pema"]["elements"] == 0 and method.cost()["peak_running_average_bytes"] == 0
+    # the same seed and data: without aggregation the weights are the plain trained ones
+    assert all(torch.equal(runs[False][1][k], runs[True][1][k]) for k in trained)
+
+
+# ---------------------------------------------------------------------- token gate
+def test_token_gate(tiny_llava_dir: Path) -> None:
+    method = _method(tiny_llava_dir, "method.gate=token", "train.max_steps=2")
+    _, layer = method._layers[0]
+    routers = method._router_params()
+    assert len(routers) == 2 * len(method._layers)
+    assert {id(p) for p in routers} <= {id(p) for p in method.trainable_parameters()}
+    torch.manual_seed(2)
+    x = torch.randn(2, 5, layer.in_features)
+    layer.eval()
+    with torch.no_grad():
+        for e in EXPERTS:
+            layer.lora_B[e].weight.normal_(0, 0.1)
+        layer.mage_router.weight.normal_(0, 1.0)
+        gate = torch.softmax(layer.mage_router(x), dim=-1)
+        deltas = [layer.scaling[e] * x @ layer.lora_A[e].weight.T @ layer.lora_B[e].weight.T for e in EXPERTS]
+        base = layer.get_base_layer()(x)
+        expected = base + sum(gate[..., i : i + 1] * d for i, d in enumerate(deltas))
+        assert torch.allclose(layer(x), expected, atol=1e-5)
+        assert not torch.allclose(layer(x), base + sum(deltas), atol=1e-4)  # not the equal-weight sum
+        with pytest.raises(RuntimeError, match="does not match the gate"):  # an expert called outside its layer
+            layer.lora_B[EXPERTS[0]](layer.lora_A[EXPERTS[0]](x))
+    before = [p.detach().clone() for p in routers]
+    train_stage(method, 0)
+    assert any(not torch.equal(b, p.detach()) for b, p in zip(before, routers, strict=True))  # the gate trains
+    assert method.cost()["params_added"] == sum(p.numel() for p in method.expert_tensors().values()) + sum(
+        p.numel() for p in routers
+    )
+
+
+# ---------------------------------------------------------------------- options, state, end to end
+def test_bad_options_are_refused(tiny_llava_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"method 'mage': method.gatting: .*Valid options: gating"):
+        MAGE.parse_options({"gatting": False})
+    with pytest.raises(ValueError, match=r"method.gate: .*'none' or 'token'"):
+        MAGE.parse_options({"gate": "soft"})
+    with pytest.raises(ValueError, match=r"pema_fallback_alpha.*less than or equal to 1"):
+        MAGE.parse_options({"pema_fallback_alpha": 1.5})
+    with pytest.raises(ValueError, match=r"pema_eps.*greater than or equal to 0"):
+        MAGE.parse_options({"pema_eps": -1})
+    with pytest.raises(ValueError, match=r"pema_out_of_range"):
+        MAGE.parse_options({"pema_out_of_range": "ignore"})
+    with pytest.raises(ValueError, match=r"aggregation"):
+        MAGE.parse_options({"aggregation": "sometimes"})
+
+    def ctx(*extra: str) -> RunContext:
+        cfg = load_config(overrides=quick_overrides(tiny_llava_dir, "method.name=mage", *extra))
+        return RunContext(cfg, SimpleNamespace(model=None), None)  # type: ignore[arg-type]
+
+    with pytest.raises(ValueError, match="train_projector"):
+        MAGE(ctx("model.train_projector=true"), MAGE.parse_options({}))
+    with pytest.raises(ValueError, match=r"model.lora_rank=6 is not a multiple of 4.*split_rank=false"):
+        MAGE(ctx("model.lora_rank=6"), MAGE.parse_options({}))
+    MAGE(ctx("model.lora_rank=6"), MAGE.parse_options({"split_rank": False}))  # full-rank experts: fine
+
+
+def test_state_dict_round_trip_mid_task(tiny_llava_dir: Path) -> None:
+    method = _method(tiny_llava_dir, "train.max_steps=2")
+    train_stage(method, 0)
+    train_stage(method, 1, finish=False)  # averages held, as if saved in the middle of a task
+    state = method.state_dict()
+    assert state["avg"] and state["counts"]["elements"] > 0 and len(state["stage_log"]) == 1
+    fresh = _method(tiny_llava_dir, "train.max_steps=2")
+    fresh.load_state_dict(state)
+    assert fresh.trained == method.trained and fresh.modalities == method.modalities
+    assert fresh.avg.keys() == method.avg.keys()
+    assert all(torch.equal(fresh.avg[k], method.avg[k]) for k in method.avg)
+    assert fresh.counts == method.counts and fresh.stage_log == method.stage_log
+    assert [n for n, p in fresh.model.named_parameters() if p.requires_grad] == [
+        n for n, p in method.model.named_parameters() if p.requires_grad
+    ]
+    with pytest.raises(ValueError, match="unknown expert 'exp_audio_out'"):
+        fresh.load_state_dict({**state, "trained": ["exp_audio_out"]})
+
+
+def test_end_to_end(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    res = run_quick(tiny_llava_dir, tmp_path, "method.name=mage")
+    assert res["method"] == "mage" and len(res["matrix"]["primary"]) == 3
+    cost = res["cost"]
+    per_expert = cost["params_per_expert"]
+    assert cost["params_added"] == 4 * per_expert > 0 and cost["params_added_per_task"] == 0
+    assert cost["held_bytes"] == {"running_averages": 0}  # nothing held between tasks
+    assert cost["peak_running_average_bytes"] == 3 * per_expert * 4  # three fp32 experts during a task
+    # msvqa-synth: images in, text out at every stage -> three experts train
+    assert [s["trainable_params"] for s in res["stage_stats"]] == [3 * per_expert] * 3
+    pema = cost["pema"]
+    assert pema["elements"] == 3 * 3 * 3 * per_expert  # 3 stages x 3 steps x 3 experts
+    assert set(pema) == {"elements", "zero_denominator", "out_of_range", "no_grad_elements", "not_replaced"}
