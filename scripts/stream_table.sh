@@ -6,6 +6,8 @@
 # Each run goes to OUT_DIR/<method>-s<seed>; a finished run is skipped and an interrupted one is
 # continued with --resume, so the table can be filled over several sessions. Two runs go side by
 # side with one thread each (on 2 cores this finishes sooner than one run with two threads).
+# Overrides for one method only go in MMCL_SET_<method, - as _>, e.g.
+#   MMCL_SET_mr_lora="method.router_epochs=10" scripts/stream_table.sh ...
 # At the end: mmcl compare (the README table), and mmcl compare --protocol msvqa for an MSVQA stream.
 set -euo pipefail
 out=${1:?OUT_DIR}; methods=${2:?methods}; seeds=${3:?seeds}; shift 3
@@ -19,10 +21,11 @@ one() {  # method seed
   if [ -f "$dir/results.json" ] && grep -q '"complete": true' "$dir/checkpoint/manifest.json" 2>/dev/null; then
     return 0
   fi
-  local resume=()
+  local resume=() extra=() var="MMCL_SET_${1//-/_}"
   [ -f "$dir/config.yaml" ] && resume=(--resume)
+  for o in ${!var:-}; do extra+=(--set "$o"); done
   mmcl run "${configs[@]}" "${layer[@]}" --set method.name="$1" --set seed="$2" --set train.num_threads=1 \
-    --output "$dir" "${resume[@]}" > "$dir.log" 2>&1 || echo "FAILED: $1 seed $2 (see $dir.log)"
+    "${extra[@]}" --output "$dir" "${resume[@]}" > "$dir.log" 2>&1 || echo "FAILED: $1 seed $2 (see $dir.log)"
 }
 
 jobs_list=()

@@ -481,7 +481,7 @@ DCL_TASKS: tuple[TaskSpec, ...] = (
     TaskSpec(
         "RS",
         "remote sensing",
-        "Remote sensing: aerial images of fields and water; storage tanks present or not, where the water is.",
+        "Remote sensing: aerial fields, storage tanks, water.",
         (
             QType("presence", YES_NO, _rs_presence),
             QType("water", ("left", "right", "top", "bottom"), _rs_water),
@@ -490,25 +490,25 @@ DCL_TASKS: tuple[TaskSpec, ...] = (
     TaskSpec(
         "Med",
         "medical pathology",
-        "Medical pathology: stained tissue with cells; is the tissue abnormal, what kind of cells it shows.",
+        "Medical: stained tissue cells, abnormal or not.",
         (QType("abnormal", YES_NO, _med_abnormal), QType("cells", ("circle", "ring", "diamond"), _med_cells)),
     ),
     TaskSpec(
         "AD",
         "autonomous driving",
-        "Autonomous driving: six camera views around a car; say which camera shows a car and the traffic light colour.",
+        "Driving: six camera views, cars, traffic lights.",
         (QType("camera", DIGITS, _ad_camera), QType("light", ("red", "yellow", "green"), _ad_light)),
     ),
     TaskSpec(
         "Sci",
         "science diagrams",
-        "Science diagrams and maps: name the colour of the largest map region, the shape that follows in a cycle.",
+        "Science: maps and cycle diagrams.",
         (QType("map", MAP_COLOURS, _sci_map), QType("cycle", CYCLE_SHAPES, _sci_cycle)),
     ),
     TaskSpec(
         "Fin",
         "finance",
-        "Finance: candlestick charts of six days; say whether the trend goes up and which day was highest.",
+        "Finance: candlestick charts, trends, highest day.",
         (QType("trend", YES_NO, _fin_trend), QType("highest", DIGITS, _fin_highest)),
     ),
 )
@@ -517,28 +517,28 @@ ACL_TASKS: tuple[TaskSpec, ...] = (
     TaskSpec(
         "OCR",
         "text recognition",
-        "OCR: read the number or the word written in the image.",
+        "OCR: read written numbers and words.",
         (QType("digit", ("1", "2", "3", "4"), _ocr_digit), QType("word", OCR_WORDS, _ocr_word)),
         shift="ink black/navy -> dark red/green, paper white/cream -> grey/pale blue, font 0.9x",
     ),
     TaskSpec(
         "Math",
         "math reasoning",
-        "Math: read function plots and bar charts; say whether a line goes up, add the heights of two bars.",
+        "Math: function plots and bar sums.",
         (QType("line", YES_NO, _math_line), QType("sum", ("2", "3", "4"), _math_sum)),
         shift="line blue 3 px on white -> red 2 px on a grey grid; bars blue/green -> purple/orange on a grid, moved",
     ),
     TaskSpec(
         "VP",
         "vision-centric perception",
-        "Vision-centric perception: count circles, say whether the square is left of the circle.",
+        "Perception: count circles, spatial relations.",
         (QType("count", ("1", "2", "3", "4"), _vp_count), QType("relation", YES_NO, _vp_relation)),
         shift="circles red/blue/green on white -> orange/purple/yellow on slate blue-grey",
     ),
     TaskSpec(
         "GUI",
         "GUI agent",
-        "GUI: app screens with stacked buttons; say which button is red, give the box of the coloured button.",
+        "GUI: app screens, buttons and their boxes.",
         (QType("which", ("1", "2", "3", "4"), _gui_which), QType("box", GUI_BOXES, _gui_box, box=True)),
         shift="square buttons, labels on the left -> rounded buttons, labels on the right (same page, same slots)",
     ),

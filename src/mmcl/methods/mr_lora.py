@@ -64,10 +64,10 @@ PACKED_VISION_FAMILIES = frozenset({"llava-next", "qwen2-vl", "qwen2.5-vl"})
 """Families whose projector input is not one row per sample (anyres tiles, packed patches)."""
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
-DEFAULT_TEMPLATE = (
-    "You are a router. Choose the expert for this image and question. Experts: {experts}. "
-    "Question: {question} Reply with the expert's letter only."
-)
+DEFAULT_TEMPLATE = "Experts: {experts}. Question: {question} Which expert should answer? Reply with its letter."
+"""Short on purpose: the official prompt (a role, instructions, the expert pool, the question, a reminder)
+is several hundred words; the tiny default model reads ~4.6 tokens per word and was trained on ~100-token
+sequences. Pass the official wording as ``prompt_template`` for a real model."""
 
 
 class MRLoRAOptions(MethodOptions):
