@@ -120,6 +120,21 @@ def pretrain(
     out.print(str(target))
 
 
+@app.command("pretrain-janus")
+def pretrain_janus(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to save the tiny Janus.")],
+    seed: int = 0,
+    vq_steps: Annotated[int, typer.Option(help="VQ tokenizer/decoder training steps.")] = 520,
+    lm_steps: Annotated[int, typer.Option(help="LM steps (text-to-image + captioning each step).")] = 220,
+) -> None:
+    """Build and pre-train the tiny dual-to-dual Janus base (work in progress: docs/continual-next.md)."""
+    from mmcl.models.tiny_janus import JanusPretrainRecipe, pretrain_tiny_janus
+
+    results = pretrain_tiny_janus(output, JanusPretrainRecipe(seed=seed, vq_steps=vq_steps, lm_steps=lm_steps),
+                                  log=console.print)
+    out.print(json.dumps(results, indent=2, default=str))
+
+
 @app.command()
 def rescore(
     run_dir: Path,
