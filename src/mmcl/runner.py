@@ -57,7 +57,7 @@ from mmcl.methods.base import count_trainable
 from mmcl.models.loader import load_model
 from mmcl.report.results import compute_track_metrics
 from mmcl.train.encode import Encoded, Encoder
-from mmcl.train.loop import num_update_steps, train_on
+from mmcl.train.loop import TrainStats, num_update_steps, train_on
 from mmcl.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 PRIMARY = "primary"
@@ -139,6 +139,18 @@ def check_distributed_support(method_cls: type[Method], setting: str | None) -> 
             f"method {method_cls.name!r} does not support {setting.upper()} "
             f"(supported: {', '.join(sorted(method_cls.supports)) or 'single process only'})"
         )
+
+
+def _pass_stats(stats: TrainStats, n_samples: int) -> dict[str, Any]:
+    """What a stage record keeps of one training pass."""
+    return {
+        "train_samples": n_samples,
+        "steps": stats.steps,
+        "train_seconds": round(stats.seconds, 3),
+        "final_loss": stats.final_loss,
+        "mean_loss": stats.mean_loss,
+        "tokens": stats.tokens,
+    }
 
 
 class Runner:
@@ -435,12 +447,7 @@ class Runner:
             {
                 "stage": t + 1,
                 "task": label or task.name,
-                "train_samples": len(encoded),
-                "steps": stats.steps,
-                "train_seconds": round(stats.seconds, 3),
-                "final_loss": stats.final_loss,
-                "mean_loss": stats.mean_loss,
-                "tokens": stats.tokens,
+                **_pass_stats(stats, len(encoded)),
                 "trainable_params": count_trainable(self.method.model),
                 **({"extra_training": self._extra_stats} if self._extra_stats else {}),
             }
@@ -471,15 +478,7 @@ class Runner:
             self.method, encoded, tcfg, self.accelerator, t, seed, self.bundle.tokenizer.pad_token_id, on_step
         )
         self.progress.remove_task(bar)
-        record = {
-            "label": label,
-            "train_samples": len(encoded),
-            "steps": stats.steps,
-            "train_seconds": round(stats.seconds, 3),
-            "final_loss": stats.final_loss,
-            "mean_loss": stats.mean_loss,
-            "tokens": stats.tokens,
-        }
+        record = {"label": label, **_pass_stats(stats, len(encoded))}
         self._extra_stats.append(record)
         return record
 
