@@ -73,7 +73,10 @@ def _assert_same_run(ref: Path, resumed: Path) -> None:
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-@pytest.mark.parametrize("method", ["lora-ft", "ewc", "mr-lora", "mage"])
+# ewc: a method state (Fisher, anchors) through the checkpoint; mr-lora: adapters re-created on
+# load, a second training pass per stage, extra matrix tracks reloaded from the saved cells.
+# (lora-ft is the plain case both cover; mage's state round trip is in test_method_mage.py.)
+@pytest.mark.parametrize("method", ["ewc", "mr-lora"])
 def test_killed_twice_then_resumed_equals_uninterrupted(
     method: str, tiny_llava_dir: Path, tmp_path: Path
 ) -> None:
