@@ -119,6 +119,25 @@ def _specs_from_root(opts: LlavaJsonOptions) -> list[LlavaTaskSpec]:
     ]
 
 
+def parse_task_files(
+    name: str,
+    train_file: str | Path,
+    train_images: str | Path | None,
+    test_file: str | Path,
+    test_images: str | Path | None,
+    scenario: str | None = None,
+) -> tuple[ParsedFile, ParsedFile, list[DataProblem]]:
+    """Parse one task's train and test files; the problems found, plus "no samples" for an empty file."""
+    train = parse_llava_file(train_file, train_images, task=name, scenario=scenario, kind="train")
+    test = parse_llava_file(test_file, test_images, task=name, scenario=scenario, kind="test")
+    problems: list[DataProblem] = []
+    for pf in (train, test):
+        problems += pf.problems
+        if not pf.problems and not pf.samples:
+            problems.append(DataProblem(pf.file, f"task {name!r} has no samples"))
+    return train, test, problems
+
+
 @BENCHMARKS.register("llava-json")
 def build(cfg: BenchmarkConfig) -> Benchmark:
     """Build the stream: validate options, pick tasks (order/subset), load and check files, cap samples.
@@ -136,12 +155,8 @@ def build(cfg: BenchmarkConfig) -> Benchmark:
     problems: list[DataProblem] = []
     for name in names:
         s = by_name[name]
-        train = parse_llava_file(s.train, s.image_folder, task=name, scenario=s.scenario, kind="train")
-        test = parse_llava_file(s.test, s.image_folder, task=name, scenario=s.scenario, kind="test")
-        for pf in (train, test):
-            problems += pf.problems
-            if not pf.problems and not pf.samples:
-                problems.append(DataProblem(pf.file, f"task {name!r} has no samples"))
+        train, test, found = parse_task_files(name, s.train, s.image_folder, s.test, s.image_folder, s.scenario)
+        problems += found
         parsed.append((s, train, test))
     if problems:
         raise DataError(problems)

@@ -35,6 +35,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmcl.benchmarks import BENCHMARKS
+from mmcl.benchmarks.llava_json import parse_task_files
 from mmcl.benchmarks.stream import cap_task, check_scorer_names, parse_options, select_task_names, stream_seed
 from mmcl.config import BenchmarkConfig
 from mmcl.data.errors import DataError, DataProblem
@@ -250,12 +251,10 @@ def build(cfg: BenchmarkConfig) -> Benchmark:
         if missing:
             problems += [_missing_folder(root, d, name) for d in missing]
             continue
-        train = parse_llava_file(_split_file(r.train_dir, "train"), r.train_dir, task=name, kind="train")
-        test = parse_llava_file(_split_file(r.test_dir, "test"), r.test_dir, task=name, kind="test")
-        for pf in (train, test):
-            problems += pf.problems
-            if not pf.problems and not pf.samples:
-                problems.append(DataProblem(pf.file, f"task {name!r} has no samples"))
+        train, test, found = parse_task_files(
+            name, _split_file(r.train_dir, "train"), r.train_dir, _split_file(r.test_dir, "test"), r.test_dir
+        )
+        problems += found
         parsed.append((r, train, test))
     if problems:
         raise DataError(problems)
