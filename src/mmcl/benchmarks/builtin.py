@@ -8,7 +8,15 @@ from mmcl.data.sample import Benchmark
 
 
 def _register_builtins() -> None:
-    from mmcl.benchmarks import hf_dataset, llava_json, mllm_cl, mllm_cl_synth, msvqa, msvqa_synth  # noqa: F401
+    from mmcl.benchmarks import (  # noqa: F401
+        continual_next_synth,
+        hf_dataset,
+        llava_json,
+        mllm_cl,
+        mllm_cl_synth,
+        msvqa,
+        msvqa_synth,
+    )
 
 
 def build_benchmark(cfg: RunConfig) -> Benchmark:

@@ -1,0 +1,598 @@
+"""``continual-next-synth``: a procedurally drawn stand-in for Continual-NExT (arXiv 2602.18055).
+
+Continual-NExT trains a dual-to-dual model (text + image in, text + image out) on six tasks in
+this order (``shared/references/continual_next_mage.md`` §1): VQAv2 -> ImageNet -> Flickr30k
+text-to-image -> OCR-VQA -> RefCOCO grounding -> HQ-Edit editing, the first being a shared warm
+start. This stream keeps the order, the modality pairs and the answer forms, with 64 x 64 images
+of the tiny Janus scene domain (:mod:`mmcl.models.tiny_janus`: one or two generic shapes in
+palette colours, centred in cells of a 3 x 3 grid, on a plain background) so that the tiny
+dual-to-dual base can learn them on a CPU. Scenes are rendered with ``tiny_janus.draw_scene``;
+a two-object image pastes the objects of two one-object scenes onto one background.
+
+Tasks (names as below; question types alternate, the k-th sample of a type takes its balanced
+value from a shuffled cycle over the type's values):
+
+- ``vqa`` (image+text -> text, warm start): two objects of different shapes and colours in
+  different cells. ``colour``: "What colour is the triangle?" -> colour; ``shape``: "What shape
+  is at the top left?" (a ``POSITION_NAMES`` phrase) -> shape.
+- ``classification`` (image+text -> text): one object; "What object is in the image?" -> shape.
+- ``t2i`` (text -> image): "Generate an image: a red circle at the top left on a white
+  background." -> the canonical ``draw_scene`` of that scene (``target_image``); ``answers`` is
+  the caption. No test scene (shape, colour, position, background) occurs in training.
+- ``ocr-vqa`` (image+text -> text): a word of :data:`OCR_WORDS` written large in a dark ink on
+  a light plain background; "What is written in the image?" -> the word.
+- ``grounding`` (image+text -> text): two objects of different shapes and colours; "Give the
+  box of the red circle." -> ``[x1, y1, x2, y2]`` (``synth_draw.format_box``, normalised to the
+  image, right/bottom exclusive), the tight box of the object's drawn pixels. Balanced over the
+  target's position.
+- ``editing`` (image+text -> image): a one-object source scene and an instruction, ``colour``
+  "Make the circle blue.", ``position`` "Move the circle to the top left.", ``background``
+  "Change the background to black." (balanced over the new value) -> the canonical drawing of
+  the edited scene (``target_image``); ``answers`` is its caption.
+
+Every sample's ``meta["present"]`` is the synthetic ground truth of the image the answer is about
+(the input image, or the target for t2i / editing): ``{"shapes", "colours", "backgrounds"}``
+(+ ``"words"`` for OCR), the keys of the tasks' ``meta["expect"]["vocabulary"]``
+(:class:`mmcl.eval.continual_next.Expectation`). Each task also declares ``meta["modalities"]``
+(for MAGE's gating), ``meta["modality_pair"]`` (:data:`MODALITY_PAIRS`, the format of
+:mod:`mmcl.report.cross_modal`), ``meta["correct_at"]`` and ``meta["warm_start"]``.
+
+Data: each sample is drawn from its own generator seeded by (seed, task name, split, index),
+so a task's data depends only on the seed, its name and the sizes. Test samples are drawn
+first; a training sample equal to a test sample is redrawn. Images are rendered on demand by
+small picklable callables (:class:`SceneImage`, :class:`WordImage`).
+
+The scene domain is read from :mod:`mmcl.models.tiny_janus` when a task is built (it imports
+torch), not when this module is imported.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, features
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mmcl.benchmarks import BENCHMARKS
+from mmcl.benchmarks.stream import apply_stream_options, parse_options
+from mmcl.benchmarks.synth_draw import format_box
+from mmcl.config import BenchmarkConfig
+from mmcl.data.sample import Benchmark, Sample, Task
+
+NAME = "continual-next-synth"
+TASK_NAMES: tuple[str, ...] = ("vqa", "classification", "t2i", "ocr-vqa", "grounding", "editing")
+"""The six tasks in the paper's order."""
+
+MODALITY_PAIRS: dict[str, str] = {
+    "vqa": "image+text->text",
+    "classification": "image+text->text",
+    "t2i": "text->image",
+    "ocr-vqa": "image+text->text",
+    "grounding": "image+text->text",
+    "editing": "image+text->image",
+}
+"""Task name -> ``"inputs->output"`` (the pair format of :func:`mmcl.report.cross_modal.cross_modal_transfer`)."""
+
+OCR_WORDS: tuple[str, ...] = ("red", "blue", "gray", "bar", "ring", "cat", "sun", "box", "tree", "1", "4", "7")
+"""What ``ocr-vqa`` writes: short words (colour and shape names the tiny base writes, a few common
+nouns) and digits, at most four letters so that a word stays large on a 64 px image."""
+
+DARK_INKS: tuple[tuple[int, int, int], ...] = ((20, 20, 25), (25, 30, 90), (70, 25, 15))
+"""OCR ink colours: near black, navy, dark brown."""
+
+TEXT_MAX_NEW_TOKENS = 8
+BOX_MAX_NEW_TOKENS = 24
+IMAGE_MAX_NEW_TOKENS = 8  # the model answers ``<begin_of_image>``; the image comes from the image path
+SHORT_MAX_WORDS = 5
+_UNITS = 16
+
+Obj = tuple[str, str, str]  # (shape, colour, position phrase)
+
+
+def task_modalities_pair(task: str | Task) -> str:
+    """The ``"inputs->output"`` pair of a task (a name of :data:`TASK_NAMES` or a built Task)."""
+    name = task.name if isinstance(task, Task) else task
+    if name not in MODALITY_PAIRS:
+        raise KeyError(f"{NAME} has no task {name!r}; tasks: {', '.join(TASK_NAMES)}")
+    return MODALITY_PAIRS[name]
+
+
+# ---------------------------------------------------------------- the scene domain (lazy)
+
+
+def _tj() -> Any:
+    from mmcl.models import tiny_janus
+
+    return tiny_janus
+
+
+def _attr(key: str) -> tuple[str, ...]:
+    return tuple(_tj().ATTRIBUTES[key])
+
+
+def _default_image_size() -> int:
+    return int(_tj().IMAGE_SIZE)
+
+
+def _light_backgrounds() -> tuple[str, ...]:
+    """Backgrounds on which a dark ink reads (relative luminance at least 0.4)."""
+    cols = _tj().BACKGROUND_COLOURS
+    out = tuple(b for b in _attr("background") if np.dot(cols[b], (0.299, 0.587, 0.114)) >= 0.4 * 255)
+    if not out:  # pragma: no cover - the domain has a white background
+        raise RuntimeError("the scene domain has no light background for OCR")
+    return out
+
+
+def _where(position: str) -> str:
+    """A position phrase without its preposition: "at the top left" -> "top left", "in the center" -> "center"."""
+    words = position.split()
+    if len(words) >= 3 and words[1] == "the":
+        return " ".join(words[2:])
+    return position  # pragma: no cover - every phrase of the domain is "<prep> the <place>"
+
+
+# ---------------------------------------------------------------- images
+
+
+def _draw_one(obj: Obj, background: str, image_size: int) -> Image.Image:
+    tj = _tj()
+    scene = tj.Scene(shape=obj[0], colour=obj[1], position=obj[2], background=background)
+    if image_size == tj.IMAGE_SIZE:
+        return tj.draw_scene(scene)
+    return tj.draw_scene(scene, image_size=image_size)
+
+
+def _object_mask(layer: Image.Image, background: str) -> np.ndarray:
+    """Boolean H x W mask of the pixels of a one-object scene that are not its background."""
+    bg = np.asarray(_tj().BACKGROUND_COLOURS[background], dtype=np.int16)
+    return np.any(np.asarray(layer, dtype=np.int16) != bg, axis=-1)
+
+
+def render_scene(objects: tuple[Obj, ...], background: str, image_size: int) -> Image.Image:
+    """Objects drawn in order (later ones on top) on ``background``; one object = ``draw_scene``."""
+    img = _draw_one(objects[0], background, image_size)
+    for obj in objects[1:]:
+        layer = _draw_one(obj, background, image_size)
+        mask = Image.fromarray(_object_mask(layer, background).astype(np.uint8) * 255, mode="L")
+        img.paste(layer, (0, 0), mask)
+    return img
+
+
+@functools.lru_cache(maxsize=4096)
+def object_pixel_box(obj: Obj, background: str, image_size: int) -> tuple[int, int, int, int]:
+    """Tight pixel box ``(x1, y1, x2, y2)`` (right/bottom exclusive) of what ``draw_scene`` draws for ``obj``."""
+    mask = _object_mask(_draw_one(obj, background, image_size), background)
+    ys, xs = np.nonzero(mask)
+    if not len(xs):  # pragma: no cover - every glyph draws pixels
+        raise RuntimeError(f"draw_scene drew nothing for {obj} on {background}")
+    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+
+
+@dataclass(frozen=True)
+class SceneImage:
+    """Zero-argument callable drawing a scene of the tiny Janus domain; deterministic and picklable."""
+
+    objects: tuple[Obj, ...]
+    background: str
+    image_size: int
+
+    def __call__(self) -> Image.Image:
+        return render_scene(self.objects, self.background, self.image_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _font(size: int) -> Any:
+    return ImageFont.load_default(size=size)
+
+
+@functools.lru_cache(maxsize=256)
+def _fit_font_size(word: str, image_size: int) -> int:
+    """The largest font size whose ink box fits 80 % of the width and 50 % of the height."""
+    for size in range(image_size, 5, -1):
+        x1, y1, x2, y2 = _font(size).getbbox(word)
+        if x2 - x1 <= 0.8 * image_size and y2 - y1 <= 0.5 * image_size:
+            return size
+    return 6  # pragma: no cover
+
+
+def _render_text(word: str, ink: tuple[int, int, int], image_size: int) -> tuple[Image.Image, Image.Image]:
+    """(ink layer, mask) of ``word`` fitted as large as legible; the bitmap font scaled up without FreeType."""
+    if features.check("freetype2"):
+        font = _font(_fit_font_size(word, image_size))
+        x1, y1, x2, y2 = font.getbbox(word)
+        mask = Image.new("L", (x2 - x1, y2 - y1), 0)
+        ImageDraw.Draw(mask).text((-x1, -y1), word, fill=255, font=font)
+    else:  # pragma: no cover - Pillow without FreeType
+        font = ImageFont.load_default()
+        x1, y1, x2, y2 = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), word, font=font)
+        small = Image.new("L", (x2 - x1, y2 - y1), 0)
+        ImageDraw.Draw(small).text((-x1, -y1), word, fill=255, font=font)
+        k = max(1, min(int(0.8 * image_size) // small.width, int(0.5 * image_size) // small.height))
+        mask = small.resize((small.width * k, small.height * k), Image.NEAREST)
+    return Image.new("RGB", mask.size, ink), mask
+
+
+@dataclass(frozen=True)
+class WordImage:
+    """Zero-argument callable writing ``word`` large in ``ink`` on a plain background, moved by ``offset``."""
+
+    word: str
+    background: str
+    ink: tuple[int, int, int]
+    offset: tuple[int, int]
+    image_size: int
+
+    def __call__(self) -> Image.Image:
+        img = Image.new("RGB", (self.image_size, self.image_size), _tj().BACKGROUND_COLOURS[self.background])
+        layer, mask = _render_text(self.word, self.ink, self.image_size)
+        x = (self.image_size - layer.width) // 2 + self.offset[0]
+        y = (self.image_size - layer.height) // 2 + self.offset[1]
+        img.paste(layer, (x, y), mask)
+        return img
+
+
+# ---------------------------------------------------------------- sample makers
+
+
+@dataclass
+class Drawn:
+    """One drawn sample before it becomes a :class:`Sample`."""
+
+    question: str
+    answer: str
+    image: Any
+    target: Any
+    meta: dict[str, Any]
+
+
+Maker = Callable[[np.random.Generator, Any, int], Drawn]  # (rng, balanced value, image size) -> Drawn
+
+
+@dataclass(frozen=True)
+class QType:
+    name: str
+    values: Callable[[], tuple[str, ...]]  # the balanced values (answers, positions...); () = none
+    make: Maker
+
+
+def _pick(rng: np.random.Generator, items: tuple[str, ...] | list[str]) -> str:
+    return items[int(rng.integers(len(items)))]
+
+
+def _other(rng: np.random.Generator, items: tuple[str, ...], *exclude: str) -> str:
+    return _pick(rng, [x for x in items if x not in exclude])
+
+
+def _present(objects: tuple[Obj, ...], background: str) -> dict[str, list[str]]:
+    return {
+        "shapes": sorted({o[0] for o in objects}),
+        "colours": sorted({o[1] for o in objects}),
+        "backgrounds": [background],
+    }
+
+
+def _obj_dict(o: Obj) -> dict[str, str]:
+    return {"shape": o[0], "colour": o[1], "position": o[2]}
+
+
+def _pair(rng: np.random.Generator, target: Obj) -> Obj:
+    """A second object differing from ``target`` in shape, colour and cell."""
+    return (
+        _other(rng, _attr("shape"), target[0]),
+        _other(rng, _attr("colour"), target[1]),
+        _other(rng, _attr("position"), target[2]),
+    )
+
+
+def _two_objects(rng: np.random.Generator, target: Obj, size: int, target_last: bool) -> tuple[SceneImage, tuple[Obj, ...], str]:
+    other = _pair(rng, target)
+    bg = _pick(rng, _attr("background"))
+    objects = (other, target) if target_last or rng.integers(2) else (target, other)
+    return SceneImage(objects, bg, size), objects, bg
+
+
+def _vqa_colour(rng: np.random.Generator, colour: str, size: int) -> Drawn:
+    target = (_pick(rng, _attr("shape")), colour, _pick(rng, _attr("position")))
+    image, objects, bg = _two_objects(rng, target, size, target_last=False)
+    meta = {"objects": [_obj_dict(o) for o in objects], "background": bg, "present": _present(objects, bg)}
+    return Drawn(f"What colour is the {target[0]}?", colour, image, None, meta)
+
+
+def _vqa_shape(rng: np.random.Generator, shape: str, size: int) -> Drawn:
+    target = (shape, _pick(rng, _attr("colour")), _pick(rng, _attr("position")))
+    image, objects, bg = _two_objects(rng, target, size, target_last=False)
+    meta = {"objects": [_obj_dict(o) for o in objects], "background": bg, "present": _present(objects, bg)}
+    return Drawn(f"What shape is {target[2]}?", shape, image, None, meta)
+
+
+def _classification(rng: np.random.Generator, shape: str, size: int) -> Drawn:
+    obj = (shape, _pick(rng, _attr("colour")), _pick(rng, _attr("position")))
+    bg = _pick(rng, _attr("background"))
+    meta = {"objects": [_obj_dict(obj)], "background": bg, "present": _present((obj,), bg)}
+    return Drawn("What object is in the image?", shape, SceneImage((obj,), bg, size), None, meta)
+
+
+def _scene_attrs(obj: Obj, background: str) -> dict[str, str]:
+    scene = _tj().Scene(shape=obj[0], colour=obj[1], position=obj[2], background=background)
+    return dict(scene.attributes())
+
+
+def _caption(obj: Obj, background: str) -> str:
+    return str(_tj().Scene(shape=obj[0], colour=obj[1], position=obj[2], background=background).caption())
+
+
+def _t2i(rng: np.random.Generator, _: Any, size: int) -> Drawn:
+    obj = (_pick(rng, _attr("shape")), _pick(rng, _attr("colour")), _pick(rng, _attr("position")))
+    bg = _pick(rng, _attr("background"))
+    caption = _caption(obj, bg)
+    meta = {"attributes": _scene_attrs(obj, bg), "present": _present((obj,), bg)}
+    return Drawn(f"Generate an image: {caption}", caption, None, SceneImage((obj,), bg, size), meta)
+
+
+def _ocr(rng: np.random.Generator, word: str, size: int) -> Drawn:
+    bg = _pick(rng, _light_backgrounds())
+    ink = DARK_INKS[int(rng.integers(len(DARK_INKS)))]
+    shift = max(1, size // 20)
+    offset = (int(rng.integers(-shift, shift + 1)), int(rng.integers(-shift, shift + 1)))
+    meta = {
+        "background": bg,
+        "ink": list(ink),
+        "present": {"shapes": [], "colours": [], "backgrounds": [bg], "words": [word]},
+    }
+    return Drawn("What is written in the image?", word, WordImage(word, bg, ink, offset, size), None, meta)
+
+
+def _grounding(rng: np.random.Generator, position: str, size: int) -> Drawn:
+    target = (_pick(rng, _attr("shape")), _pick(rng, _attr("colour")), position)
+    image, objects, bg = _two_objects(rng, target, size, target_last=True)  # on top: fully visible
+    px = object_pixel_box(target, bg, size)
+    box = [v / size for v in px]
+    meta = {
+        "objects": [_obj_dict(o) for o in objects],
+        "target": _obj_dict(target),
+        "background": bg,
+        "box": box,
+        "pixel_box": list(px),
+        "present": _present(objects, bg),
+    }
+    return Drawn(f"Give the box of the {target[1]} {target[0]}.", format_box(box), image, None, meta)
+
+
+_EDIT_INDEX = {"shape": 0, "colour": 1, "position": 2}
+
+
+def _edit(attribute: str) -> Maker:
+    def make(rng: np.random.Generator, value: str, size: int) -> Drawn:
+        src = (_pick(rng, _attr("shape")), _pick(rng, _attr("colour")), _pick(rng, _attr("position")))
+        bg = _pick(rng, _attr("background"))
+        if attribute == "background":
+            bg = _other(rng, _attr("background"), value)
+            new, new_bg = src, value
+            question = f"Change the background to {value}."
+        else:
+            i = _EDIT_INDEX[attribute]
+            src = tuple(_other(rng, _attr(attribute), value) if j == i else v for j, v in enumerate(src))  # type: ignore[assignment]
+            new = tuple(value if j == i else v for j, v in enumerate(src))  # type: ignore[assignment]
+            new_bg = bg
+            if attribute == "colour":
+                question = f"Make the {src[0]} {value}."
+            else:
+                question = f"Move the {src[0]} to the {_where(value)}."
+        meta = {
+            "edit": {"attribute": attribute, "value": value},
+            "attributes": _scene_attrs(new, new_bg),
+            "source_attributes": _scene_attrs(src, bg),
+            "present": _present((new,), new_bg),
+        }
+        return Drawn(question, _caption(new, new_bg), SceneImage((src,), bg, size), SceneImage((new,), new_bg, size), meta)
+
+    return make
+
+
+# ---------------------------------------------------------------- task specs
+
+
+def _vocab(*cats: str) -> dict[str, list[str]]:
+    source = {
+        "shapes": lambda: _attr("shape"),
+        "colours": lambda: _attr("colour"),
+        "backgrounds": lambda: _attr("background"),
+        "words": lambda: OCR_WORDS,
+    }
+    return {c: sorted(source[c]()) for c in cats}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    paper: str  # the paper's dataset for this task (also the task's scenario)
+    description: str
+    qtypes: tuple[QType, ...]
+    scorer: str
+    out: str  # "text" or "image"
+    format: str  # Expectation.format
+    vocabulary: tuple[str, ...]
+    correct_at: float
+    max_new_tokens: int
+
+
+SPECS: dict[str, TaskSpec] = {
+    s.name: s
+    for s in (
+        TaskSpec(
+            "vqa", "VQAv2", "VQA: the colour of a named shape, the shape at a named place (two objects).",
+            (QType("colour", lambda: _attr("colour"), _vqa_colour), QType("shape", lambda: _attr("shape"), _vqa_shape)),
+            "cnext_text", "text", "short", ("shapes", "colours"), 1.0, TEXT_MAX_NEW_TOKENS,
+        ),
+        TaskSpec(
+            "classification", "ImageNet", "Classification: name the shape in the image.",
+            (QType("object", lambda: _attr("shape"), _classification),),
+            "cnext_text", "text", "short", ("shapes", "colours"), 1.0, TEXT_MAX_NEW_TOKENS,
+        ),
+        TaskSpec(
+            "t2i", "Flickr30k", "Text-to-image: draw the captioned scene (test scenes unseen in training).",
+            (QType("caption", lambda: (), _t2i),),
+            "cnext_t2i", "image", "free", ("shapes", "colours", "backgrounds"), 1.0, IMAGE_MAX_NEW_TOKENS,
+        ),
+        TaskSpec(
+            "ocr-vqa", "OCR-VQA", "OCR-VQA: read the word written in the image.",
+            (QType("word", lambda: OCR_WORDS, _ocr),),
+            "cnext_ocrvqa", "text", "short", ("words",), 1.0, TEXT_MAX_NEW_TOKENS,
+        ),
+        TaskSpec(
+            "grounding", "RefCOCO", "Grounding: the box of the named object (two objects).",
+            (QType("box", lambda: _attr("position"), _grounding),),
+            "cnext_grounding", "text", "box", ("shapes", "colours"), 1.0, BOX_MAX_NEW_TOKENS,
+        ),
+        TaskSpec(
+            "editing", "HQ-Edit", "Editing: recolour, move the object or change the background.",
+            (
+                QType("colour", lambda: _attr("colour"), _edit("colour")),
+                QType("position", lambda: _attr("position"), _edit("position")),
+                QType("background", lambda: _attr("background"), _edit("background")),
+            ),
+            "cnext_edit", "image", "free", ("shapes", "colours", "backgrounds"), 0.9, IMAGE_MAX_NEW_TOKENS,
+        ),
+    )
+}  # fmt: skip
+assert tuple(SPECS) == TASK_NAMES
+
+
+# ---------------------------------------------------------------- splits and tasks
+
+
+def _key(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+_SPLIT_CODE = {"train": 1, "test": 2}
+_BLOCK_TAG = 5
+_FRESH_TRIES = 50  # redraws to avoid repeating a sample of the same split (repeats allowed after)
+_MAX_TRIES = 1000  # redraws to avoid a test sample in training (never allowed)
+
+
+def _signature(d: Drawn) -> tuple[object, ...]:
+    meta = {k: v for k, v in d.meta.items() if k not in ("present", "box", "pixel_box")}
+    return (d.question, d.answer, d.image, d.target, _freeze(meta))
+
+
+def _make_split(
+    spec: TaskSpec, split: str, n: int, seed: int, image_size: int, forbidden: set[tuple[object, ...]]
+) -> tuple[list[Sample], set[tuple[object, ...]]]:
+    base = [seed % 2**64, _key(f"{NAME}/{spec.name}"), _SPLIT_CODE[split]]
+    values = [q.values() for q in spec.qtypes]
+    nq = len(spec.qtypes)
+    seen: set[tuple[object, ...]] = set()
+    out: list[Sample] = []
+    for i in range(n):
+        qi, k = i % nq, i // nq
+        qtype, vals = spec.qtypes[qi], values[qi]
+        value = None
+        if vals:
+            m = len(vals)
+            perm = np.random.default_rng([*base, _BLOCK_TAG, qi, k // m]).permutation(m)
+            value = vals[int(perm[k % m])]
+        rng = np.random.default_rng([*base, i])
+        for attempt in range(_MAX_TRIES):
+            drawn = qtype.make(rng, value, image_size)
+            sig = _signature(drawn)
+            if sig not in forbidden and (sig not in seen or attempt >= _FRESH_TRIES):
+                break
+        else:
+            raise RuntimeError(f"{NAME} {spec.name}.{qtype.name}: every scene for {value!r} is a test scene")
+        seen.add(sig)
+        meta = {"qtype": qtype.name, "split": split, **drawn.meta}
+        if value is not None:
+            meta["balanced"] = value
+        out.append(
+            Sample(
+                id=f"{spec.name}-{split}-{i:05d}",
+                question=drawn.question,
+                answers=[drawn.answer],
+                image=drawn.image,
+                task=spec.name,
+                scenario=spec.paper,
+                meta=meta,
+                target_image=drawn.target,
+            )
+        )
+    return out, seen
+
+
+def make_task(name: str, seed: int = 0, train_size: int = 200, test_size: int = 24, image_size: int | None = None) -> Task:
+    """Build one task; its data depends only on (seed, name, sizes)."""
+    if name not in SPECS:
+        raise ValueError(f"unknown {NAME} task {name!r}; tasks: {', '.join(TASK_NAMES)}")
+    spec = SPECS[name]
+    size = _default_image_size() if image_size is None else image_size
+    test, test_sigs = _make_split(spec, "test", test_size, seed, size, set())
+    train, _ = _make_split(spec, "train", train_size, seed, size, test_sigs)
+    inputs = ["text"] if name == "t2i" else ["text", "image"]
+    expect: dict[str, Any] = {"modality": spec.out, "format": spec.format, "vocabulary": _vocab(*spec.vocabulary)}
+    if spec.format == "short":
+        expect["max_words"] = SHORT_MAX_WORDS
+    return Task(
+        name=name,
+        train=train,
+        test=test,
+        scorers=[spec.scorer],
+        scenario=spec.paper,
+        max_new_tokens=spec.max_new_tokens,
+        description=spec.description,
+        meta={
+            "paper_task": spec.paper,
+            "modalities": {"in": inputs, "out": [spec.out]},
+            "modality_pair": MODALITY_PAIRS[name],
+            "expect": expect,
+            "correct_at": spec.correct_at,
+            "warm_start": name == "vqa",
+            "qtypes": [q.name for q in spec.qtypes],
+            "image_size": size,
+        },
+    )
+
+
+# ---------------------------------------------------------------- options and factory
+
+
+class Options(BaseModel):
+    """``continual-next-synth`` options (extra keys of the ``benchmark`` config section)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_size: int = Field(default_factory=_default_image_size, ge=32, description="image side in pixels; a multiple of 16")
+    train_size: int = Field(200, ge=0, description="training samples per task")
+    test_size: int = Field(24, ge=1, description="test samples per task")
+
+    @field_validator("image_size")
+    @classmethod
+    def _multiple_of_16(cls, v: int) -> int:
+        if v % _UNITS:
+            raise ValueError(f"image_size must be a multiple of {_UNITS}, got {v}")
+        return v
+
+
+@BENCHMARKS.register(NAME)
+def build(cfg: BenchmarkConfig) -> Benchmark:
+    """The ``continual-next-synth`` stream (vqa, classification, t2i, ocr-vqa, grounding, editing)."""
+    opts = parse_options(Options, cfg.options(), NAME)
+    seed = cfg.seed if cfg.seed is not None else 0
+    tasks = [make_task(n, seed, opts.train_size, opts.test_size, opts.image_size) for n in TASK_NAMES]
+    return Benchmark(
+        name=NAME,
+        tasks=apply_stream_options(tasks, cfg, seed),
+        description="Synthetic Continual-NExT (VQA, classification, text-to-image, OCR-VQA, grounding, editing)",
+    )

@@ -1,0 +1,229 @@
+"""continual-next-synth: task order and declarations, determinism, balance, t2i held-out scenes,
+grounding boxes against the drawn pixels, editing targets, ground truth vs vocabulary, options."""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from mmcl.benchmarks import BENCHMARKS
+from mmcl.benchmarks.builtin import benchmark_names
+from mmcl.benchmarks.continual_next_synth import (
+    MODALITY_PAIRS,
+    NAME,
+    OCR_WORDS,
+    TASK_NAMES,
+    build,
+    task_modalities_pair,
+)
+from mmcl.benchmarks.synth_draw import PALETTE, parse_boxes
+from mmcl.config import BenchmarkConfig, ConfigError
+from mmcl.data.sample import Benchmark
+from mmcl.eval.continual_next import PRESENT_META_KEY, Expectation
+from mmcl.models.tiny_janus import ATTRIBUTES, BACKGROUND_COLOURS, POSITION_NAMES, Scene, draw_scene
+from mmcl.report.cross_modal import _normalize_pair
+
+ORDER = ["vqa", "classification", "t2i", "ocr-vqa", "grounding", "editing"]
+TRAIN, TEST = 72, 24
+
+
+def make(seed: int | None = None, **options: object) -> Benchmark:
+    options = {"train_size": TRAIN, "test_size": TEST, **options}
+    return BENCHMARKS.get(NAME)(BenchmarkConfig(name=NAME, seed=seed, **options))
+
+
+@pytest.fixture(scope="module")
+def bench() -> Benchmark:
+    return make()
+
+
+def samples(task):
+    return task.train + task.test
+
+
+def test_registered_order_and_declarations(bench: Benchmark) -> None:
+    assert NAME in benchmark_names() and BENCHMARKS.get(NAME) is build
+    assert bench.task_names == ORDER == list(TASK_NAMES)
+    scorers = {"vqa": "cnext_text", "classification": "cnext_text", "t2i": "cnext_t2i",
+               "ocr-vqa": "cnext_ocrvqa", "grounding": "cnext_grounding", "editing": "cnext_edit"}  # fmt: skip
+    for t in bench.tasks:
+        assert len(t.train) == TRAIN and len(t.test) == TEST
+        assert t.scorers == [scorers[t.name]]
+        assert t.description and "\n" not in t.description
+        image_out = t.name in ("t2i", "editing")
+        ins = ["text"] if t.name == "t2i" else ["text", "image"]
+        assert t.meta["modalities"] == {"in": ins, "out": ["image" if image_out else "text"]}
+        pair = MODALITY_PAIRS[t.name]
+        assert task_modalities_pair(t) == task_modalities_pair(t.name) == t.meta["modality_pair"] == pair
+        assert _normalize_pair(pair) == "+".join(sorted(ins)) + "->" + t.meta["modalities"]["out"][0]
+        exp = Expectation(**t.meta["expect"])
+        assert exp.modality == ("image" if image_out else "text")
+        assert exp.format == {"grounding": "box", "t2i": "free", "editing": "free"}.get(t.name, "short")
+        assert all(list(v) == sorted(v) and v for v in exp.vocabulary.values())
+        assert t.meta["correct_at"] == (0.9 if t.name == "editing" else 1.0)
+        assert t.meta["warm_start"] is (t.name == "vqa")
+        assert t.max_new_tokens == {"grounding": 24}.get(t.name, 8)
+    assert set(bench.task("ocr-vqa").meta["expect"]["vocabulary"]) == {"words"}
+    assert set(bench.task("t2i").meta["expect"]["vocabulary"]) == {"shapes", "colours", "backgrounds"}
+    with pytest.raises(KeyError):
+        task_modalities_pair("nope")
+
+
+def test_images_targets_and_ground_truth(bench: Benchmark) -> None:
+    for t in bench.tasks:
+        vocab = t.meta["expect"]["vocabulary"]
+        for s in t.train[:10] + t.test[:10]:
+            assert s.wants_image is (t.name in ("t2i", "editing"))
+            assert (s.image is None) is (t.name == "t2i")
+            for img in (s.load_image(), s.load_target_image()):
+                assert img is None or (img.size == (64, 64) and img.mode == "RGB")
+            present = s.meta[PRESENT_META_KEY]
+            assert set(vocab) <= set(present), (t.name, present)
+            for cat, names in present.items():
+                if cat in vocab:
+                    assert set(names) <= set(vocab[cat]), (t.name, cat, names)
+            assert present["backgrounds"] and set(present["backgrounds"]) <= set(BACKGROUND_COLOURS)
+            assert set(present["shapes"]) <= set(ATTRIBUTES["shape"])
+            assert set(present["colours"]) <= set(ATTRIBUTES["colour"])
+
+
+def test_deterministic_and_seeded(bench: Benchmark) -> None:
+    again, other = make(), make(seed=1)
+
+    def fingerprint(b: Benchmark) -> list[object]:
+        out: list[object] = []
+        for t in b.tasks:
+            for s in t.train[:3] + t.test[:3]:
+                img, tgt = s.load_image(), s.load_target_image()
+                out.append((s.question, s.answers, img and img.tobytes(), tgt and tgt.tobytes()))
+        return out
+
+    assert fingerprint(bench) == fingerprint(again)
+    assert [s.meta for t in bench.tasks for s in t.test] == [s.meta for t in again.tasks for s in t.test]
+    a, b = fingerprint(bench), fingerprint(other)
+    assert a != b
+    for t, u in zip(bench.tasks, other.tasks, strict=True):  # every task depends on the seed
+        assert [(s.question, s.answers) for s in t.train] != [(s.question, s.answers) for s in u.train]
+    s = bench.task("editing").train[4]
+    for fn in (s.image, s.target_image):
+        assert pickle.loads(pickle.dumps(fn))().tobytes() == fn().tobytes()
+    w = bench.task("ocr-vqa").test[0].image
+    assert pickle.loads(pickle.dumps(w))().tobytes() == w().tobytes()
+
+
+def test_balanced_per_question_type(bench: Benchmark) -> None:
+    expected_values = {
+        ("vqa", "colour"): ATTRIBUTES["colour"], ("vqa", "shape"): ATTRIBUTES["shape"],
+        ("classification", "object"): ATTRIBUTES["shape"], ("ocr-vqa", "word"): OCR_WORDS,
+        ("grounding", "box"): POSITION_NAMES, ("editing", "colour"): ATTRIBUTES["colour"],
+        ("editing", "position"): POSITION_NAMES, ("editing", "background"): ATTRIBUTES["background"],
+    }  # fmt: skip
+    for t in bench.tasks:
+        for split in (t.train, t.test):
+            by_type: dict[str, Counter[str]] = {}
+            for s in split:
+                if "balanced" in s.meta:
+                    by_type.setdefault(s.meta["qtype"], Counter())[s.meta["balanced"]] += 1
+            if t.name == "t2i":
+                assert not by_type
+                continue
+            assert set(by_type) == set(t.meta["qtypes"])
+            for q, counts in by_type.items():
+                values = expected_values[(t.name, q)]
+                n = sum(counts.values())
+                assert set(counts) == set(values) or n < len(values)
+                assert max(counts.values()) - min(counts.values()) <= 1, (t.name, q, counts)
+    for t in (bench.task("vqa"), bench.task("classification"), bench.task("ocr-vqa")):
+        assert all(s.answers == [s.meta["balanced"]] for s in samples(t))
+
+
+def test_vqa_and_classification_answers_match_the_scene(bench: Benchmark) -> None:
+    for s in samples(bench.task("vqa")):
+        a, b = s.meta["objects"]
+        assert a["shape"] != b["shape"] and a["colour"] != b["colour"] and a["position"] != b["position"]
+        if s.meta["qtype"] == "colour":
+            (obj,) = [o for o in (a, b) if s.question == f"What colour is the {o['shape']}?"]
+            assert s.answers == [obj["colour"]]
+        else:
+            (obj,) = [o for o in (a, b) if s.question == f"What shape is {o['position']}?"]
+            assert s.answers == [obj["shape"]]
+    for s in samples(bench.task("classification")):
+        (obj,) = s.meta["objects"]
+        assert s.answers == [obj["shape"]] and s.question == "What object is in the image?"
+
+
+def test_t2i_test_scenes_unseen_in_training(bench: Benchmark) -> None:
+    t = bench.task("t2i")
+    key = lambda s: tuple(sorted(s.meta["attributes"].items()))  # noqa: E731
+    assert not {key(s) for s in t.test} & {key(s) for s in t.train}
+    big = make(tasks=["t2i"], train_size=600, test_size=100).task("t2i")
+    assert not {key(s) for s in big.test} & {key(s) for s in big.train}
+    for s in t.test[:8]:
+        scene = Scene(**s.meta["attributes"])
+        assert s.question == f"Generate an image: {scene.caption()}" and s.answers == [scene.caption()]
+        assert s.load_target_image().tobytes() == draw_scene(scene).tobytes()
+
+
+def test_grounding_box_is_the_drawn_extent(bench: Benchmark) -> None:
+    for s in samples(bench.task("grounding"))[:40]:
+        tgt = s.meta["target"]
+        assert s.question == f"Give the box of the {tgt['colour']} {tgt['shape']}."
+        arr = np.asarray(s.load_image())
+        ys, xs = np.nonzero(np.all(arr == PALETTE[tgt["colour"]], axis=-1))
+        drawn = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) / 64
+        box = np.array(s.meta["box"])
+        assert np.abs(box - drawn).max() <= 1 / 64 + 1e-9, (s.id, box * 64, drawn * 64)
+        (parsed,) = parse_boxes(s.answers[0])
+        assert np.abs(np.array(parsed) - box).max() <= 0.005 + 1e-9
+        assert 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
+
+
+def test_editing_changes_exactly_the_edited_attribute(bench: Benchmark) -> None:
+    seen = Counter()
+    for s in samples(bench.task("editing")):
+        src, new = s.meta["source_attributes"], s.meta["attributes"]
+        attr = s.meta["edit"]["attribute"]
+        seen[attr] += 1
+        assert [k for k in new if new[k] != src[k]] == [attr] and new[attr] == s.meta["edit"]["value"]
+        assert s.answers == [Scene(**new).caption()]
+        assert s.meta[PRESENT_META_KEY] == {
+            "shapes": [new["shape"]], "colours": [new["colour"]], "backgrounds": [new["background"]],
+        }  # fmt: skip
+        if attr == "colour":
+            assert s.question == f"Make the {src['shape']} {new['colour']}."
+        elif attr == "background":
+            assert s.question == f"Change the background to {new['background']}."
+        else:
+            assert s.question.startswith(f"Move the {src['shape']} to the ") and new["position"].endswith(
+                s.question.removeprefix(f"Move the {src['shape']} to the ").rstrip(".")
+            )
+    assert set(seen) == {"colour", "position", "background"}
+    s = bench.task("editing").test[0]
+    assert s.load_image().tobytes() == draw_scene(Scene(**s.meta["source_attributes"])).tobytes()
+    assert s.load_target_image().tobytes() == draw_scene(Scene(**s.meta["attributes"])).tobytes()
+
+
+def test_ocr_word_is_large_and_dark(bench: Benchmark) -> None:
+    for s in bench.task("ocr-vqa").test[:12]:
+        assert s.answers[0] in OCR_WORDS and s.meta[PRESENT_META_KEY]["words"] == s.answers
+        arr = np.asarray(s.load_image()).astype(int)
+        bg = np.array(BACKGROUND_COLOURS[s.meta["background"]])
+        ink = np.abs(arr - bg).sum(-1) > 150
+        ys, xs = np.nonzero(ink)
+        # fitted to 80 % of the width or 50 % of the height of the 64 px image
+        assert xs.max() - xs.min() >= 40 or ys.max() - ys.min() >= 28, (s.answers, np.ptp(xs), np.ptp(ys))
+        assert arr[ink].mean() < bg.mean()  # dark on light
+
+
+def test_options_and_stream_options() -> None:
+    with pytest.raises(ConfigError, match="unknown option"):
+        make(shuffle=True)
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        make(image_size=72)
+    b = make(order=["t2i", "vqa"], train_per_task=5)
+    assert b.task_names == ["t2i", "vqa"] and len(b.tasks[0].train) == 5
+    s = make(tasks=["editing"], image_size=96, train_size=3, test_size=2).tasks[0].test[0]
+    assert s.load_image().size == s.load_target_image().size == (96, 96)
