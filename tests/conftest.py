@@ -75,7 +75,7 @@ def train_stage(method, t: int, finish: bool = True):
     task = ctx.benchmark.tasks[t]
     seed_everything(ctx.seed * 7919 + t)
     method.before_task(t, task)
-    encoded = Encoder(ctx.bundle.processor).encode(method.train_samples(t, task), with_answer=True)
+    encoded = Encoder.for_bundle(ctx.bundle).encode(method.train_samples(t, task), with_answer=True)
     stats = train_on(
         method, encoded, ctx.config.train, Accelerator(cpu=True), t, ctx.seed, ctx.bundle.tokenizer.pad_token_id
     )

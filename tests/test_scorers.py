@@ -32,6 +32,7 @@ def test_all_scorers_registered() -> None:
     core = ["exact_match", "vqa_score", "token_f1", "box_f1", "relaxed_numeric", "contains"]
     mllm_cl = ["mllmcl_ai2d", "mllmcl_pvqa", "mllmcl_fin", "mllmcl_sci", "mllmcl_ocr", "mllmcl_cvbench"]
     cnext = ["cnext_text", "cnext_ocrvqa", "cnext_grounding"]  # mmcl.eval.continual_next
+    cnext += ["cnext_t2i", "cnext_edit"]  # mmcl.eval.image_scorers
     assert SCORERS.names() == sorted(core + mllm_cl + cnext)  # mllmcl_*: mmcl.eval.mllm_cl_scorers
     assert get_scorer("vqa_score") is vqa_score
     assert score("exact_match", "Paris.", ["paris"]) == 1.0

@@ -79,6 +79,8 @@ class TrainConfig(_Strict):
     warmup_ratio: float = 0.05
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     max_grad_norm: float = 1.0
+    # image answers (dual-to-dual models): share of prompts blanked in training, for classifier-free guidance
+    image_uncond_prob: float = Field(default=0.1, ge=0.0, lt=1.0)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     num_threads: int | None = None  # torch CPU threads; None = torch's default
 
@@ -89,6 +91,7 @@ class EvalConfig(_Strict):
     full_matrix: bool = True  # evaluate every task after every stage (future tasks included)
     zero_shot: bool = True  # evaluate the untrained model once (row used for FWT)
     save_predictions: bool = True
+    cfg_scale: float = Field(default=3.0, gt=1.0)  # classifier-free guidance of image answers (dual-to-dual models)
 
 
 class OutputConfig(_Strict):

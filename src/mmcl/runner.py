@@ -50,17 +50,20 @@ from mmcl import checkpoint as ckpt
 from mmcl.benchmarks.builtin import build_benchmark
 from mmcl.config import RunConfig, check_trackers_installed, flat_config, to_yaml
 from mmcl.data.sample import Benchmark, Sample, Task
-from mmcl.eval.evaluator import TRACK_PREFIX, TaskResult, evaluate_task
+from mmcl.eval.evaluator import ERROR_TRACKS, IMAGE_KEY, TRACK_PREFIX, TaskResult, evaluate_task
 from mmcl.eval.generate import Shard
 from mmcl.methods import METHODS, Method, RunContext, build_method
 from mmcl.methods.base import count_trainable
+from mmcl.models.dual import boi_token_id, supports_image_output
 from mmcl.models.loader import load_model
+from mmcl.report.continual_next import continual_next_summary, modality_pair
 from mmcl.report.results import compute_track_metrics
 from mmcl.train.encode import Encoded, Encoder
 from mmcl.train.loop import TrainStats, num_update_steps, train_on
 from mmcl.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 PRIMARY = "primary"
+DUAL_PRESET = "tiny-janus"  # the default model of streams with image answers
 
 
 def seed_everything(seed: int) -> None:
@@ -195,6 +198,11 @@ class Runner:
         check_distributed_support(method_cls, distributed_setting(self.accelerator))
         self.benchmark: Benchmark = build_benchmark(cfg)
         check_training_data(self.benchmark, method_cls)
+        if (not cfg.model.path and "preset" not in cfg.model.model_fields_set
+                and any(s.wants_image for t in self.benchmark.tasks for s in t.test[:1] + t.train[:1])):
+            # a stream with image answers needs a dual-to-dual model: its default is the tiny Janus
+            cfg = self.cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"preset": DUAL_PRESET})})
+            self.console.print(f"[dim]{self.benchmark.name} has image answers: model.preset defaults to {DUAL_PRESET}[/]")
         self.bundle = load_model(cfg.model)
         self.bundle.model.to(self.device)
         self.ctx = RunContext(cfg, self.bundle, self.benchmark, self.device, cfg.seed, train_extra=self._train_extra)
@@ -203,8 +211,19 @@ class Runner:
         self.tracker = ckpt.TrainableTracker(self.bundle.model)  # before setup: these are the base weights
         seed_everything(cfg.seed)
         self.model = self.method.setup(self.bundle.model)
-        self.encoder = Encoder(self.bundle.processor)
+        self.encoder = Encoder.for_bundle(self.bundle)
         self._test_cache: dict[str, list[Encoded]] = {}
+        # a dual-to-dual model (Janus) may answer any prompt with an image: evaluation lets it choose
+        self._image_token_id = (boi_token_id(self.bundle.processor) if supports_image_output(self.bundle.model)
+                                else None)
+        wants_images = [t.name for t in self.benchmark.tasks if any(s.wants_image for s in t.train[:1] + t.test[:1])]
+        if wants_images and self._image_token_id is None:
+            raise ValueError(
+                f"tasks {', '.join(wants_images)} ask for image answers, but the model "
+                f"({self.bundle.family.model_class}) has no image generation head; use a dual-to-dual model "
+                "(model.preset: tiny-janus, or a local Janus checkpoint)"
+            )
+        self._error_tracks = any("expect" in t.meta for t in self.benchmark.tasks)
 
     # ------------------------------------------------------------------ setup
     @staticmethod
@@ -512,7 +531,10 @@ class Runner:
                     device=self.device,
                     on_batch=lambda n: self.progress.advance(bar, n),
                     shard=self._shard(),
+                    image_token_id=self._image_token_id,
+                    cfg_scale=self.cfg.eval.cfg_scale,
                 )
+            self._on_main(self._save_images, stage_dir, task, res)
             results[task.name] = res
             if self.cfg.eval.save_predictions:
                 self._on_main(atomic_write_jsonl, path, res.predictions)
@@ -522,18 +544,39 @@ class Runner:
         self._eval_seconds = getattr(self, "_eval_seconds", 0.0) + time.perf_counter() - t0
         return results
 
+    def _save_images(self, stage_dir: str, task: Task, res: TaskResult) -> None:
+        """Write the generated images of ``res`` as PNGs next to the predictions; rows keep their path."""
+        folder = self.output_dir / "predictions" / stage_dir / task.name
+        for r in res.predictions:
+            image = r.pop(IMAGE_KEY, None)
+            if image is None or not self.cfg.eval.save_predictions:
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(r["question_id"])) + ".png"
+            image.save(folder / name)
+            r["image"] = str((folder / name).relative_to(self.output_dir))
+
+    @property
+    def _extra_track_names(self) -> list[str]:
+        """Tracks beyond the scorers: the method's, and the error-class rates when tasks declare ``expect``."""
+        names = list(self.method.extra_tracks)
+        if self._error_tracks:
+            names += [n for n in ERROR_TRACKS.values() if n not in names]
+        return names
+
     def _row_to_tracks(self, row: dict[str, TaskResult]) -> dict[str, list[float | None]]:
         tracks: dict[str, list[float | None]] = {PRIMARY: []}
         for s in self.benchmark.scorer_names:
             tracks[s] = []
-        for name in self.method.extra_tracks:
+        extra = self._extra_track_names
+        for name in extra:
             tracks[name] = []
         for task in self.benchmark.tasks:
             res = row.get(task.name)
             tracks[PRIMARY].append(res.scores[task.primary_scorer] if res else None)
             for s in self.benchmark.scorer_names:
                 tracks[s].append(res.scores.get(s) if res else None)
-            for name in self.method.extra_tracks:
+            for name in extra:
                 tracks[name].append(res.scores.get(TRACK_PREFIX + name) if res else None)
         return tracks
 
@@ -600,7 +643,7 @@ class Runner:
         if self.accelerator.num_processes > 1:  # every process's own figures; the ones above are the main's
             cost["peak_memory_mb_per_process"] = gather_object([cost["peak_memory_mb"]])
             cost["train_seconds_per_process"] = gather_object([cost["train_seconds"]])
-        return {
+        results = {
             "mmcl_version": mmcl.__version__,
             "name": self.cfg.name,
             "benchmark": self.benchmark.name,
@@ -619,6 +662,11 @@ class Runner:
             "stages_complete": len(state.stage_stats),
             "host": {"hostname": os.uname().nodename, "torch": torch.__version__},
         }
+        pairs = [modality_pair(t) for t in tasks]
+        if any(p is not None for p in pairs):  # Continual-NExT-style streams declare each task's modalities
+            results["modality_pairs"] = pairs
+            results["continual_next"] = continual_next_summary(results)
+        return results
 
     def _write_tables(self, results: dict[str, Any]) -> None:
         from mmcl.report.markdown import write_report

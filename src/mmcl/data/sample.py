@@ -22,6 +22,11 @@ class Sample:
     ``history`` holds earlier (question, answer) turns of a multi-turn conversation;
     the image belongs to the first turn. ``meta`` carries ground truth a scorer or an
     analysis may need (boxes, object category, question type...).
+
+    ``target_image`` makes the sample an image-output one (text-to-image, editing): the model
+    is trained to answer with an image (``<begin_of_image>`` + the image's VQ tokens, on models
+    with an image head such as Janus), and ``answers`` then hold a text description of the
+    target (kept in the predictions for reading; image scorers read ``meta`` and the image).
     """
 
     id: str
@@ -32,10 +37,22 @@ class Sample:
     scenario: str | None = None
     history: list[tuple[str, str]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    target_image: ImageSource = None
+
+    @property
+    def wants_image(self) -> bool:
+        """Whether the answer is an image (``target_image`` set)."""
+        return self.target_image is not None
 
     def load_image(self) -> Image.Image | None:
         """Return the image as RGB PIL, loading it from disk or a factory if needed."""
-        img = self.image
+        return self._load(self.image, "image")
+
+    def load_target_image(self) -> Image.Image | None:
+        """Return the target image (image-output samples) as RGB PIL."""
+        return self._load(self.target_image, "target_image")
+
+    def _load(self, img: ImageSource, what: str) -> Image.Image | None:
         if img is None:
             return None
         try:
@@ -49,9 +66,9 @@ class Sample:
         except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for a missing or broken image
             reason = f"({type(e).__name__}: {e})"
             if isinstance(img, (str, Path)):
-                problem = DataProblem(str(img), f"image of sample {self.id!r} (task {self.task!r}) cannot be read {reason}")
+                problem = DataProblem(str(img), f"{what} of sample {self.id!r} (task {self.task!r}) cannot be read {reason}")
             else:
-                problem = DataProblem(f"task {self.task!r}, sample {self.id!r}", f"image cannot be read {reason}", field="image")
+                problem = DataProblem(f"task {self.task!r}, sample {self.id!r}", f"{what} cannot be read {reason}", field=what)
             raise DataError(problem) from None
         if img.mode != "RGB":
             img = img.convert("RGB")

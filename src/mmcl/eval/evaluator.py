@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from mmcl.data.sample import Task
+from mmcl.eval.dual import DEFAULT_CFG_SCALE, ImageOutput, generate_dual_answers
 from mmcl.eval.generate import Shard, generate_answers
 from mmcl.eval.scorers import call_scorer, get_scorer
 from mmcl.methods.base import Method
@@ -44,7 +45,52 @@ def score_predictions(task: Task, predictions: list[str]) -> tuple[dict[str, flo
     means = {k: v / n for k, v in sums.items()}
     if not task.test:
         means = dict.fromkeys(fns, math.nan)
+    for r, pred in zip(rows, predictions, strict=True):
+        if isinstance(pred, ImageOutput):
+            r["prediction"] = str(pred)
+            r[IMAGE_KEY] = pred.image  # the runner saves it as a PNG and replaces it by the path
+    if "expect" in task.meta:
+        add_error_classes(task, predictions, rows)
     return means, rows
+
+
+IMAGE_KEY = "_image"
+"""Row key of a generated image (a PIL image) until the runner writes it to disk."""
+
+ERROR_TRACKS = {"hallucination": "hal", "instruction_unfollowing": "iuf", "other": "oth"}
+"""Error class -> the per-sample track (1 for that class, else 0) whose cell means are the rates."""
+
+
+def add_error_classes(task: Task, predictions: list[str], rows: list[dict[str, Any]]) -> None:
+    """Class each answer of a task that declares ``meta["expect"]`` (Continual-NExT's metrics beyond forgetting).
+
+    ``meta["expect"]`` holds :class:`~mmcl.eval.continual_next.Expectation` fields; an answer is
+    correct when its primary score is at least ``meta["correct_at"]`` (default 1). Each row gets
+    ``error_class`` and the tracks ``hal``, ``iuf``, ``oth`` (0/1), whose means per cell are the
+    rates that ``mmcl.report`` averages into Avg.HAL, Avg.IUF and Avg.OTH.
+    """
+    from mmcl.eval.continual_next import Expectation, Output, classify_sample
+
+    try:
+        expected = Expectation(**task.meta["expect"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"task {task.name!r}: meta['expect'] is not a valid Expectation ({e})") from None
+    threshold = float(task.meta.get("correct_at", 1.0))
+    for s, pred, r in zip(task.test, predictions, rows, strict=True):
+        if isinstance(pred, ImageOutput):
+            content = None
+            if expected.modality == "image":
+                from mmcl.eval.image_scorers import judged_content
+
+                content = judged_content(pred.image)
+            out = Output(text=None, image=True, image_content=content)
+        else:
+            out = Output(text=pred)
+        cls = classify_sample(out, s, expected, correct=r["scores"][task.primary_scorer] >= threshold - 1e-9)
+        r["error_class"] = cls
+        tracks = r.setdefault("tracks", {})
+        for name, track in ERROR_TRACKS.items():
+            tracks[track] = float(cls == name)
 
 
 def evaluate_task(
@@ -57,12 +103,24 @@ def evaluate_task(
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
     shard: Shard | None = None,
+    image_token_id: int | None = None,
+    cfg_scale: float = DEFAULT_CFG_SCALE,
 ) -> TaskResult:
     """Generate answers for ``task``'s test set and score them; with ``shard``, generation is split
-    over the processes and every process gets all answers and the same scores."""
+    over the processes and every process gets all answers and the same scores.
+
+    ``image_token_id`` (a dual-to-dual model's ``<begin_of_image>``): the model may answer any
+    prompt with an image (:mod:`mmcl.eval.dual`, guidance ``cfg_scale``)."""
     adapter_names = method.route(task.test, task)
 
     def generate(idx: list[int], names: list[str] | None, progress: Callable[[int], None] | None) -> list[str]:
+        if image_token_id is not None:
+            return generate_dual_answers(
+                method.model, tokenizer, [encoded[i] for i in idx], batch_size=batch_size,
+                max_new_tokens=max_new_tokens or task.max_new_tokens, boi_id=image_token_id, cfg_scale=cfg_scale,
+                adapter_names=[names[i] for i in idx] if names is not None else None, device=device,
+                on_batch=progress, shard=shard,
+            )
         return generate_answers(
             method.model,
             tokenizer,

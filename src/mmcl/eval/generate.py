@@ -21,6 +21,9 @@ import torch
 
 from mmcl.train.encode import Encoded, collate_prompts
 
+IMAGE_REQUEST = "<begin_of_image>"
+"""What :func:`generate_answers` returns for a prompt the model answers with an image."""
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -53,8 +56,13 @@ def generate_answers(
     device: torch.device | str = "cpu",
     on_batch: Callable[[int], None] | None = None,
     shard: Shard | None = None,
+    image_token_id: int | None = None,
 ) -> list[str]:
     """Greedy answers for already-encoded prompts (same order as ``encoded``).
+
+    ``image_token_id`` (dual-to-dual models): generation also stops at that token
+    (``<begin_of_image>``), and an answer that starts with it is returned as
+    :data:`IMAGE_REQUEST`: the model chose to answer with an image (see :mod:`mmcl.eval.dual`).
 
     ``adapter_names`` (one per prompt) routes each sample to its own peft adapter. With
     ``shard``, this process generates only its batches and the answers of all processes are
@@ -82,11 +90,13 @@ def generate_answers(
             num_beams=1,
             use_cache=True,
             pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=tokenizer.eos_token_id if image_token_id is None else [tokenizer.eos_token_id, image_token_id],
             **kwargs,
         )
         new = out[:, batch["input_ids"].shape[1] :]
         texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        if image_token_id is not None and new.shape[1]:
+            texts = [IMAGE_REQUEST if int(first) == image_token_id else t for t, first in zip(texts, new[:, 0], strict=True)]
         for i, t in zip(idx, texts, strict=True):
             mine.append((i, t.strip()))
         if on_batch:

@@ -518,6 +518,6 @@ def contains(prediction: str, references: Sequence[str]) -> float:
     )
 
 
-# The official MLLM-CL scorers and the Continual-NExT (cnext_*) scorers register themselves
+# The official MLLM-CL scorers and the Continual-NExT (cnext_*) scorers (text and image) register themselves
 # in SCORERS on import. At the bottom so that everything they import from this module exists already.
-from mmcl.eval import continual_next, mllm_cl_scorers  # noqa: E402, F401
+from mmcl.eval import continual_next, image_scorers, mllm_cl_scorers  # noqa: E402, F401

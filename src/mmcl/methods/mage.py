@@ -48,6 +48,8 @@ keeps a running average ``avg`` (set to ``theta`` when the task starts). At ever
 
 and at the end of the task (``after_task``) the averages replace the trained weights
 (released ``ema_replace``; an average with a NaN/inf is not copied, as released, and counted).
+A task marked ``meta["warm_start"]`` (the shared first task of Continual-NExT, trained "without
+any CL method" by every baseline) is trained without aggregation.
 
 Differences from the released code, on purpose:
 
@@ -336,7 +338,9 @@ class MAGE(Method):
         self._activate()
         self._stage_counts = _new_counts()
         self.avg = {}
-        if self.opts.aggregation:  # released: ema = deepcopy(θ) at the task's first step
+        # a shared warm-start task (task.meta["warm_start"], Continual-NExT's VQAv2) is trained without
+        # the CL mechanism, as in the paper: gating applies, aggregation does not
+        if self.opts.aggregation and not task.meta.get("warm_start"):  # released: ema = deepcopy(θ) at the first step
             self.avg = {k: p.detach().clone().float() for k, p in self.expert_tensors(self.trained).items()}
             self.peak_avg_bytes = max(self.peak_avg_bytes, self._avg_bytes())
 

@@ -255,7 +255,7 @@ class MRLoRA(Method):
         if k == 1 or not self.has_router:
             return [0] * len(samples), [False] * len(samples)
         if self._encoder is None:
-            self._encoder = Encoder(self.ctx.bundle.processor)
+            self._encoder = Encoder.for_bundle(self.ctx.bundle)
         encoded = self._encoder.encode(self.router_samples(samples), with_answer=False)
         replies = generate_answers(
             self.model,

@@ -274,7 +274,7 @@ class Quad(LwF):
 
     def setup(self, model: torch.nn.Module) -> torch.nn.Module:
         model = super().setup(model)
-        self.encoder = Encoder(self.ctx.bundle.processor)
+        self.encoder = Encoder.for_bundle(self.ctx.bundle)
         self.distilled_attention = self._attention_modules()
         return model
 

@@ -53,11 +53,12 @@ def preset_dir(name: str) -> Path:
             return c
     raise ModelLoadError(
         f"model preset {name!r} is not built (looked in {', '.join(str(c) for c in candidates)}). "
-        f"Build it with `mmcl pretrain --output {candidates[-1]}`."
+        f"Build it with `{_BUILD_COMMAND.get(name, 'mmcl pretrain')} --output {candidates[-1]}`."
     )
 
 
-PRESETS = {"tiny-llava"}
+PRESETS = {"tiny-llava", "tiny-janus"}
+_BUILD_COMMAND = {"tiny-llava": "mmcl pretrain", "tiny-janus": "mmcl pretrain-janus"}
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -188,4 +189,8 @@ def load_model(cfg: ModelConfig) -> ModelBundle:
         raise ModelLoadError(f"{path}: cannot load the model weights: {e}") from None
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    if family.name == "janus":  # image generation reads boi/pad/bos from the generation config
+        from mmcl.eval.generate_image import ensure_image_generation_config
+
+        ensure_image_generation_config(model, processor)
     return ModelBundle(model=model, processor=processor, family=family, source=source)

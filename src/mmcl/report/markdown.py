@@ -190,12 +190,13 @@ def render_report(run_dir: str | Path, results: dict[str, Any], heatmaps: bool =
             align="l",
         ),
     ]
+    from mmcl.report.continual_next import continual_next_section
     from mmcl.report.protocol import msvqa_section  # here: protocol imports this module
 
     sections = [
         "\n".join(head),
         _metrics_section(results),
-        *filter(None, [msvqa_section(results)]),
+        *filter(None, [msvqa_section(results), continual_next_section(run_dir, results)]),
         _tasks_section(results),
         _matrix_section(run_dir, results, heatmaps),
         _cost_section(results),

@@ -12,11 +12,20 @@ along dim 0 when batching, in sample order:
 - Qwen2-VL / Qwen2.5-VL: packed ``pixel_values`` [patches_i, dim], split per sample by
   ``image_grid_thw`` [1, 3] (patches_i = t*h*w); a batch concatenates both, so the grid rows
   match the pixel rows. Their ``mm_token_type_ids`` (M-RoPE needs it) are kept per token.
+
+Image-output samples (``Sample.target_image``, dual-to-dual models such as Janus) are trained as
+``prompt + <begin_of_image> + N-1 image slots``: the loss of the language-model head is on
+``<begin_of_image>`` (the model decides to answer with an image), and the N slots hold the
+target's VQ codes (``Encoded.image_target``, from the encoder's ``image_tokenizer``) that
+:mod:`mmcl.train.dual` feeds through the generation embeddings and scores with the generation
+head (slot k holds code k; the hidden state at ``<begin_of_image>`` predicts code 0, slot k predicts
+code k+1, as in ``generate(generation_mode="image")``). In ``input_ids`` the slots hold the pad
+id; their embeddings are replaced.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,17 +48,44 @@ class Encoded:
     vision: dict[str, torch.Tensor] = field(default_factory=dict)
     index: int = 0  # position in the list that was encoded
     mm_token_type_ids: torch.Tensor | None = None  # 1-D like input_ids (0 text, 1 image) when the processor gives them
+    image_target: torch.Tensor | None = None  # 1-D VQ codes of the target image (image-output samples, training)
+    wants_image: bool = False  # the sample asks for an image answer
+
+    @property
+    def image_start(self) -> int:
+        """Position of ``<begin_of_image>`` in ``input_ids`` (image-output training samples)."""
+        return self.prompt_len
+
+
+ImageTokenizer = Callable[[list[Any]], torch.Tensor]
+"""PIL images -> their VQ codes [B, N] (the model's own image tokenizer, see :mod:`mmcl.models.dual`)."""
 
 
 class Encoder:
-    """Encodes samples with a processor; ``chunk`` samples per processor call."""
+    """Encodes samples with a processor; ``chunk`` samples per processor call.
 
-    def __init__(self, processor: Any, chunk: int = 64) -> None:
+    ``image_tokenizer`` and ``boi_token_id`` are needed only for image-output samples.
+    """
+
+    def __init__(self, processor: Any, chunk: int = 64, image_tokenizer: ImageTokenizer | None = None,
+                 boi_token_id: int | None = None) -> None:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.chunk = chunk
+        self.image_tokenizer = image_tokenizer
+        self.boi_token_id = boi_token_id
         if self.tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set one before training")
+
+    @classmethod
+    def for_bundle(cls, bundle: Any, chunk: int = 64) -> Encoder:
+        """The encoder of a loaded model (``ModelBundle``): with its image tokenizer when it can answer with images."""
+        from mmcl.models.dual import boi_token_id, image_tokenizer, supports_image_output
+
+        if supports_image_output(bundle.model):
+            return cls(bundle.processor, chunk, image_tokenizer(bundle.model, bundle.processor),
+                       boi_token_id(bundle.processor))
+        return cls(bundle.processor, chunk)
 
     def encode(self, samples: Sequence[Sample], with_answer: bool) -> list[Encoded]:
         out: list[Encoded | None] = [None] * len(samples)
@@ -74,12 +110,25 @@ class Encoder:
         vision = {k: v for k, v in batch.items() if k not in TEXT_KEYS and isinstance(v, torch.Tensor)}
         per_sample_vision = self._split_vision(vision, len(samples))
         eos = self.tokenizer.eos_token_id
+        targets = self._image_targets(samples) if with_answer else {}
         result = []
         for i, s in enumerate(samples):
             keep = mask[i].bool()
             prompt = ids[i][keep]
             prompt_types = torch.as_tensor(types[i])[keep].long() if types is not None else None
             full_types = prompt_types
+            if with_answer and i in targets:
+                codes = targets[i]
+                ans_t = torch.full((codes.numel(),), self.tokenizer.pad_token_id, dtype=prompt.dtype)  # BOI + N-1 slots
+                ans_t[0] = self.boi_token_id
+                full = torch.cat([prompt, ans_t])
+                labels = torch.cat([torch.full_like(prompt, IGNORE_INDEX), torch.full_like(ans_t, IGNORE_INDEX)])
+                labels[prompt.numel()] = self.boi_token_id
+                if prompt_types is not None:
+                    full_types = torch.cat([prompt_types, torch.zeros_like(ans_t)])
+                result.append(Encoded(full, labels, int(prompt.numel()), per_sample_vision[i],
+                                      mm_token_type_ids=full_types, image_target=codes, wants_image=True))
+                continue
             if with_answer:
                 ans = self.tokenizer(answer_text(s.answers[0], prompts[i]), add_special_tokens=False)["input_ids"]
                 ans_t = torch.tensor([*ans, eos], dtype=prompt.dtype)
@@ -90,9 +139,23 @@ class Encoder:
             else:
                 full, labels = prompt, None
             result.append(
-                Encoded(full, labels, int(prompt.numel()), per_sample_vision[i], mm_token_type_ids=full_types)
+                Encoded(full, labels, int(prompt.numel()), per_sample_vision[i], mm_token_type_ids=full_types,
+                        wants_image=s.wants_image)
             )
         return result
+
+    def _image_targets(self, samples: list[Sample]) -> dict[int, torch.Tensor]:
+        """VQ codes of the target images, by position in ``samples``."""
+        idx = [i for i, s in enumerate(samples) if s.wants_image]
+        if not idx:
+            return {}
+        if self.image_tokenizer is None or self.boi_token_id is None:
+            raise ValueError(
+                f"sample {samples[idx[0]].id!r} (task {samples[idx[0]].task!r}) asks for an image answer, but the "
+                "model has no image tokenizer / generation head (use a dual-to-dual model such as Janus)"
+            )
+        codes = self.image_tokenizer([samples[i].load_target_image() for i in idx])
+        return {i: codes[k].detach().cpu().long() for k, i in enumerate(idx)}
 
     @staticmethod
     def _split_vision(vision: dict[str, torch.Tensor], n: int) -> list[dict[str, torch.Tensor]]:
@@ -153,8 +216,25 @@ def _token_types(batch: Sequence[Encoded], n: int, left: bool) -> dict[str, torc
     return {"mm_token_type_ids": types}
 
 
+def _image_targets(batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+    """``image_targets`` [B, N] (IGNORE_INDEX rows for text samples) and ``image_starts`` [B]
+    (position of ``<begin_of_image>``, -1 for text samples), when the batch holds image answers."""
+    withs = [e for e in batch if e.image_target is not None]
+    if not withs:
+        return {}
+    n = withs[0].image_target.numel()
+    targets = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
+    starts = torch.full((len(batch),), -1, dtype=torch.long)
+    for i, e in enumerate(batch):
+        if e.image_target is not None:
+            if e.image_target.numel() != n:
+                raise ValueError(f"image targets of different lengths in one batch ({e.image_target.numel()} vs {n})")
+            targets[i], starts[i] = e.image_target, e.image_start
+    return {"image_targets": targets, "image_starts": starts}
+
+
 def collate_train(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded training batch with labels."""
+    """Right-padded training batch with labels (and image targets, see :func:`_image_targets`)."""
     n = max(e.input_ids.numel() for e in batch)
     ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
@@ -166,7 +246,7 @@ def collate_train(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tens
         if e.labels is not None:
             labels[i, :L] = e.labels
     return {"input_ids": ids, "attention_mask": mask, "labels": labels, **_token_types(batch, n, left=False),
-            **_stack_vision(batch)}
+            **_stack_vision(batch), **_image_targets(batch)}
 
 
 def collate_prompts(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:

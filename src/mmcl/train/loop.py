@@ -28,6 +28,7 @@ from transformers import get_scheduler
 
 from mmcl.config import TrainConfig
 from mmcl.methods.base import Method
+from mmcl.train.dual import forward_batch
 from mmcl.train.encode import Encoded, collate_train
 
 
@@ -114,7 +115,7 @@ def train_on(
         for batch in loader:
             with accelerator.accumulate(model):
                 with accelerator.autocast():  # a no-op without mixed precision (CPU)
-                    outputs = model(**batch)
+                    outputs = forward_batch(model, batch, cfg.image_uncond_prob)
                     loss = outputs.loss
                     extra = method.extra_loss(batch, outputs, stage)
                     if extra is not None:

@@ -1,0 +1,181 @@
+"""Image answers on a dual-to-dual model (tiny random Janus): encoding, the training loss, and the
+evaluation path where the model itself chooses text or image (``mmcl.train.dual``, ``mmcl.eval.dual``)."""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mmcl.data.sample import Sample
+from mmcl.eval.dual import (
+    IMAGE_PREDICTION,
+    ImageOutput,
+    _prompt_batch,
+    generate_dual_answers,
+    generate_image_tokens,
+)
+from mmcl.eval.generate import IMAGE_REQUEST
+from mmcl.models import tiny_janus as tj
+from mmcl.models.dual import boi_token_id, image_tokenizer, supports_image_output
+from mmcl.train.dual import dual_forward, forward_batch
+from mmcl.train.encode import IGNORE_INDEX, Encoder, collate_train
+
+SMALL = tj.TinyJanusSize(patch_size=16, vision_hidden=32, vision_layers=1, vision_heads=2, vq_codebook=64,
+                         text_hidden=64, text_layers=2, text_heads=2, text_intermediate=128)
+N = SMALL.num_image_tokens
+SCENE = tj.Scene(tj.ATTRIBUTES["shape"][0], tj.ATTRIBUTES["colour"][0], tj.POSITION_NAMES[0], tj.BACKGROUND_NAMES[0])
+OTHER = tj.Scene(tj.ATTRIBUTES["shape"][1], tj.ATTRIBUTES["colour"][1], tj.POSITION_NAMES[4], tj.BACKGROUND_NAMES[1])
+
+
+@pytest.fixture(scope="module")
+def janus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    tok = tj.build_tokenizer(SMALL.vocab_size)
+    out = tmp_path_factory.mktemp("tiny-janus-dual")
+    tj.save_tiny_janus(tj.build_model(tok, SMALL, seed=0), tj.build_processor(tok, SMALL), out)
+    return out
+
+
+@pytest.fixture()
+def bundle(janus_dir: Path) -> types.SimpleNamespace:
+    model, processor = tj.load_tiny_janus(janus_dir)
+    return types.SimpleNamespace(model=model, processor=processor, tokenizer=processor.tokenizer)
+
+
+def t2i_sample(scene: tj.Scene = SCENE, i: int = 0) -> Sample:
+    return Sample(id=f"t2i-{i}", question=f"Generate an image: {scene.caption()}", answers=[scene.caption()],
+                  task="t2i", target_image=lambda: tj.draw_scene(scene), meta={"attributes": scene.attributes()})
+
+
+def vqa_sample(i: int = 0) -> Sample:
+    return Sample(id=f"vqa-{i}", question="What colour is the shape?", answers=[SCENE.colour],
+                  image=lambda: tj.draw_scene(SCENE), task="vqa")
+
+
+def edit_sample() -> Sample:
+    return Sample(id="edit-0", question="Make it different.", answers=[OTHER.caption()], task="edit",
+                  image=lambda: tj.draw_scene(SCENE), target_image=lambda: tj.draw_scene(OTHER))
+
+
+def test_a_janus_bundle_gets_an_image_tokenizer(bundle: types.SimpleNamespace) -> None:
+    assert supports_image_output(bundle.model)
+    enc = Encoder.for_bundle(bundle)
+    assert enc.image_tokenizer is not None and enc.boi_token_id == boi_token_id(bundle.processor)
+
+
+def test_image_answers_encode_as_boi_and_slots(bundle: types.SimpleNamespace) -> None:
+    enc = Encoder.for_bundle(bundle)
+    boi = boi_token_id(bundle.processor)
+    t2i, vqa, edit = enc.encode([t2i_sample(), vqa_sample(), edit_sample()], with_answer=True)
+    for e in (t2i, edit):
+        assert e.wants_image and e.image_target is not None and e.image_target.shape == (N,)
+        assert e.input_ids[e.prompt_len] == boi and len(e.input_ids) == e.prompt_len + N  # BOI + N-1 slots
+        labelled = (e.labels != IGNORE_INDEX).nonzero().flatten().tolist()
+        assert labelled == [e.prompt_len] and e.labels[e.prompt_len] == boi
+    codes = image_tokenizer(bundle.model, bundle.processor)([tj.draw_scene(SCENE)])
+    assert torch.equal(t2i.image_target, codes[0])
+    assert "pixel_values" in edit.vision and "pixel_values" not in t2i.vision
+    assert not vqa.wants_image and vqa.image_target is None
+    batch = collate_train([t2i, vqa, edit], bundle.tokenizer.pad_token_id)
+    assert batch["image_starts"].tolist() == [t2i.prompt_len, -1, edit.prompt_len]
+    assert (batch["image_targets"][1] == IGNORE_INDEX).all() and torch.equal(batch["image_targets"][0], t2i.image_target)
+
+
+def test_an_image_answer_without_a_generation_head_is_a_clear_error(bundle: types.SimpleNamespace) -> None:
+    with pytest.raises(ValueError, match="asks for an image answer"):
+        Encoder(bundle.processor).encode([t2i_sample()], with_answer=True)
+
+
+def test_dual_loss_equals_the_model_loss_on_text_and_the_pretraining_loss_on_images(bundle: types.SimpleNamespace) -> None:
+    model = bundle.model
+    enc = Encoder.for_bundle(bundle)
+    text = collate_train(enc.encode([vqa_sample(0), vqa_sample(1)], with_answer=True), bundle.tokenizer.pad_token_id)
+    reference = model(**text).loss
+    no_images = {**text, "image_targets": torch.full((2, N), IGNORE_INDEX), "image_starts": torch.tensor([-1, -1])}
+    torch.testing.assert_close(dual_forward(model, no_images).loss, reference)
+    assert forward_batch(model, text).loss == reference  # plain batches go straight to the model
+
+    e = enc.encode([t2i_sample()], with_answer=True)[0]
+    out = dual_forward(model, collate_train([e], bundle.tokenizer.pad_token_id))
+    prompt = e.input_ids[: e.prompt_len + 1][None]  # prompt + <begin_of_image>, as tiny_janus.t2i_loss takes it
+    expected = tj.t2i_loss(model, prompt, torch.ones_like(prompt), e.image_target[None])
+    torch.testing.assert_close(out.image_loss, expected)
+    boi_logp = torch.log_softmax(out.logits[0, e.prompt_len - 1], -1)[boi_token_id(bundle.processor)]
+    torch.testing.assert_close(out.text_loss, -boi_logp)
+
+
+def test_the_custom_image_loop_matches_the_real_generate(bundle: types.SimpleNamespace) -> None:
+    model, processor = bundle.model, bundle.processor
+    captions = [SCENE.caption(), OTHER.caption() + " and some more words"]
+    enc = processor(text=[tj.generation_prompt(processor, c) for c in captions], generation_mode="image",
+                    padding=True, return_tensors="pt")
+    real = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], generation_mode="image",
+                          do_sample=False, guidance_scale=3.0)
+    mine = generate_image_tokens(model, enc["input_ids"], enc["attention_mask"], cfg_scale=3.0)
+    assert torch.equal(real, mine)
+
+
+def test_training_teaches_the_model_to_choose_an_image_or_text(bundle: types.SimpleNamespace) -> None:
+    model, tok = bundle.model, bundle.tokenizer
+    enc = Encoder.for_bundle(bundle)
+    train = enc.encode([t2i_sample(), edit_sample(), vqa_sample()], with_answer=True)
+    batch = collate_train(train, tok.pad_token_id)
+    params = [p for n, p in model.named_parameters() if "vqmodel" not in n]
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    model.train()
+    first = None
+    for _ in range(150):
+        loss = forward_batch(model, batch).loss
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.15 * first
+    prompts = enc.encode([t2i_sample(), edit_sample(), vqa_sample()], with_answer=False)
+    answers = generate_dual_answers(model, tok, prompts, batch_size=4, max_new_tokens=4,
+                                    boi_id=boi_token_id(bundle.processor), cfg_scale=2.0)
+    assert isinstance(answers[0], ImageOutput) and isinstance(answers[1], ImageOutput)
+    assert answers[0] == IMAGE_PREDICTION and answers[0].image.size == (64, 64)
+    assert not isinstance(answers[2], ImageOutput) and answers[2] != IMAGE_REQUEST
+    assert isinstance(answers[0].image, Image.Image)
+    # the memorised images: the generated codes are the trained targets' (the random VQ is no
+    # auto-encoder, so the codes are compared, not the decoded pixels). Guidance ~1: the
+    # unconditional branch was not trained here (uncond_prob 0)
+    batch = _prompt_batch(prompts[:2], tok.pad_token_id, boi_token_id(bundle.processor))
+    codes = generate_image_tokens(model, batch["input_ids"], batch["attention_mask"], batch.get("pixel_values"),
+                                  cfg_scale=1.0001)
+    assert (codes[0] == train[0].image_target).float().mean() > 0.8
+    assert (codes[1] == train[1].image_target).float().mean() > 0.8
+
+
+
+def test_prompt_dropout_trains_the_unconditional_branch(bundle: types.SimpleNamespace) -> None:
+    model = bundle.model
+    enc = Encoder.for_bundle(bundle)
+    e = enc.encode([t2i_sample()], with_answer=True)[0]
+    batch = collate_train([e], bundle.tokenizer.pad_token_id)
+    blanked = {**batch, "input_ids": tj.unconditional_ids(batch["input_ids"], model)}
+    blanked["input_ids"][0, e.prompt_len:] = batch["input_ids"][0, e.prompt_len:]  # BOI and the slots stay
+    torch.manual_seed(0)
+    dropped = dual_forward(model, batch, uncond_prob=0.9999)
+    torch.testing.assert_close(dropped.image_loss, dual_forward(model, blanked).image_loss)
+    assert not torch.allclose(dual_forward(model, batch).image_loss, dropped.image_loss)
+
+
+def test_image_scorers_use_the_judge_and_give_zero_without_an_image() -> None:
+    from mmcl.eval.scorers import score
+
+    t2i, edit = t2i_sample(), edit_sample()
+    truth = ImageOutput(tj.draw_scene(SCENE))
+    assert score("cnext_t2i", truth, t2i.answers, t2i) == 1.0  # the judge reads a real render right
+    assert score("cnext_t2i", ImageOutput(tj.draw_scene(OTHER)), t2i.answers, t2i) == 0.0  # all 4 attributes differ
+    assert score("cnext_t2i", "a red circle", t2i.answers, t2i) == 0.0  # text where an image was asked
+    assert score("cnext_edit", ImageOutput(tj.draw_scene(OTHER)), edit.answers, edit) == pytest.approx(1.0)
+    assert score("cnext_edit", IMAGE_PREDICTION, edit.answers, edit) == 0.0  # the string alone carries no image
+    assert 0.0 < score("cnext_edit", truth, edit.answers, edit) < 0.5  # the unedited source: pixels only
+    with pytest.raises(ValueError, match="sample-aware"):
+        score("cnext_t2i", truth, t2i.answers)
