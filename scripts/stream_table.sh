@@ -8,6 +8,8 @@
 # side with one thread each (on 2 cores this finishes sooner than one run with two threads).
 # Overrides for one method only go in MMCL_SET_<method, - as _>, e.g.
 #   MMCL_SET_mr_lora="method.router_epochs=10" scripts/stream_table.sh ...
+# A variant of a method is written VARIANT:METHOD (its runs are named VARIANT and grouped apart),
+# e.g. "mage-ew:mage" with MMCL_SET_mage_ew="method.gating=false method.aggregation=false".
 # At the end: mmcl compare (the README table), and mmcl compare --protocol msvqa for an MSVQA stream.
 set -euo pipefail
 out=${1:?OUT_DIR}; methods=${2:?methods}; seeds=${3:?seeds}; shift 3
@@ -15,17 +17,19 @@ configs=("$@")
 mkdir -p "$out"
 export OMP_NUM_THREADS=1 TRANSFORMERS_VERBOSITY=error
 
-one() {  # method seed
-  local dir="$out/$1-s$2" layer=()
-  [ -f "configs/$1.yaml" ] && layer=("configs/$1.yaml")
+one() {  # method[:base method] seed
+  local variant=${1%%:*} method=${1##*:}
+  local dir="$out/$variant-s$2" layer=() named=()
+  [ -f "configs/$method.yaml" ] && layer=("configs/$method.yaml")
+  [ "$variant" != "$method" ] && named=(--set name="$variant")
   if [ -f "$dir/results.json" ] && grep -q '"complete": true' "$dir/checkpoint/manifest.json" 2>/dev/null; then
     return 0
   fi
-  local resume=() extra=() var="MMCL_SET_${1//-/_}"
+  local resume=() extra=() var="MMCL_SET_${variant//-/_}"
   [ -f "$dir/config.yaml" ] && resume=(--resume)
   for o in ${!var:-}; do extra+=(--set "$o"); done
-  mmcl run "${configs[@]}" "${layer[@]}" --set method.name="$1" --set seed="$2" --set train.num_threads=1 \
-    "${extra[@]}" --output "$dir" "${resume[@]}" > "$dir.log" 2>&1 || echo "FAILED: $1 seed $2 (see $dir.log)"
+  mmcl run "${configs[@]}" "${layer[@]}" --set method.name="$method" --set seed="$2" --set train.num_threads=1 \
+    "${named[@]}" "${extra[@]}" --output "$dir" "${resume[@]}" > "$dir.log" 2>&1 || echo "FAILED: $1 seed $2 (see $dir.log)"
 }
 
 jobs_list=()
@@ -37,6 +41,9 @@ for job in "${jobs_list[@]}"; do
 done
 wait
 mmcl compare "$out"/*-s*/ -o "$out/compare"
+if grep -qs "continual-next" "${configs[@]}"; then  # Avg.ACC, Forgetting, New.ACC, Avg.HAL/IUF/OTH, transfer
+  mmcl compare "$out"/*-s*/ --protocol cnext -o "$out/compare"
+fi
 if [ ${#configs[@]} -eq 0 ] || grep -qs "msvqa" "${configs[@]}"; then  # the MSVQA protocol table (per scenario, VQA score and F1)
   mmcl compare "$out"/*-s*/ --protocol msvqa -o "$out/compare"
 fi

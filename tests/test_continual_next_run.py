@@ -12,6 +12,7 @@ import torch
 
 from mmcl.config import load_config
 from mmcl.models import tiny_janus as tj
+from mmcl.report.continual_next import compare_cnext
 from mmcl.runner import Runner
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "continual-next-quick.yaml"
@@ -60,6 +61,10 @@ def test_a_run_on_the_stream_records_images_error_classes_and_the_summary(
             assert (tmp_path / method / r["image"]).is_file()
     report = (tmp_path / method / "report.md").read_text()
     assert "## Continual-NExT metrics" in report and "Avg.HAL" in report
+    cmp = compare_cnext([tmp_path / method], out_dir=tmp_path / "cmp")
+    stats = cmp["rows"][0]["stats"]
+    assert stats["Avg.HAL"]["mean"] == pytest.approx(summary["Avg.HAL"]) and stats["Avg.HAL"]["n"] == 1
+    assert f"| {100 * summary['Avg.IUF']:.1f} |" in (tmp_path / "cmp" / "protocol-cnext.md").read_text()
 
 
 def test_a_stream_with_image_answers_refuses_a_model_without_an_image_head(tiny_llava_dir: Path, tmp_path: Path) -> None:

@@ -157,11 +157,20 @@ def compare(
     run_dirs: list[Path],
     scorer: Annotated[str, typer.Option(help="Track to compare (default: each task's primary scorer).")] = "primary",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write compare.md and compare.json here.")] = None,
-    protocol: Annotated[str | None, typer.Option(help="Instead: a benchmark protocol's summary per scenario (msvqa); writes protocol-msvqa.md/.json with -o.")] = None,
+    protocol: Annotated[str | None, typer.Option(help="Instead: a benchmark protocol's summary: msvqa (per scenario) or cnext (Continual-NExT metrics); writes protocol-<name>.md/.json with -o.")] = None,
 ) -> None:
     """Side-by-side table of runs (seeds of the same config grouped as mean ± std)."""
     from mmcl.report import compare as cmp
 
+    if protocol == "cnext":
+        from mmcl.report.continual_next import compare_cnext
+
+        try:
+            res = compare_cnext(list(run_dirs), out_dir=output)
+        except (ValueError, OSError) as e:
+            _fail(str(e))
+        out.print(res["markdown"])
+        return
     if protocol is not None:
         from mmcl.report import protocol as proto
 

@@ -130,3 +130,48 @@ def continual_next_section(run_dir: str | Path, results: dict[str, Any], example
     if gallery:
         lines += ["", "### Generated images before and after forgetting", "", *gallery]
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- comparing runs
+
+COMPARE_KEYS = ("Avg.ACC", "Forgetting", "New.ACC", "Avg.HAL", "Avg.IUF", "Avg.OTH",
+                "transfer_same_pair", "transfer_different_pair")
+COMPARE_HEADERS = ("Avg.ACC", "Forgetting", "New.ACC", "Avg.HAL", "Avg.IUF", "Avg.OTH",
+                   "transfer, same pair", "transfer, other pair")
+
+
+def compare_cnext(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Per group of runs (name, method, benchmark, as ``mmcl compare``): the summary keys as mean ± std
+    over seeds, x100. Runs without a summary (joint, zero-shot) get their last-stage mean score as
+    Avg.ACC and nothing else. With ``out_dir``, writes ``protocol-cnext.md`` and ``.json``."""
+    from mmcl.report.compare import Stat, fmt_stat, group_notes, group_runs
+    from mmcl.utils.io import atomic_write_json, atomic_write_text
+
+    rows, notes = [], []
+    for key, members in group_runs(run_dirs).items():
+        sums = []
+        for _, r in members:
+            s = r.get("continual_next") or {}
+            if not s:  # one-stage runs: the final score is still Avg.ACC
+                s = {"Avg.ACC": r["metrics"]["primary"]["last"]}
+            sums.append(s)
+        stats = {k: Stat.of([s.get(k) for s in sums]) for k in COMPARE_KEYS}
+        rows.append({"name": key[0], "method": key[1], "benchmark": key[2], "seeds": [r["seed"] for _, r in members],
+                     "stats": stats})
+        notes += group_notes(key, members)
+    lines = ["| run | method | seeds | " + " | ".join(COMPARE_HEADERS) + " |",
+             "|---|---|---:|" + "---:|" * len(COMPARE_HEADERS)]
+    for row in rows:
+        n = len(row["seeds"])
+        lines.append(f"| {row['name']} | {row['method']} | {n} | "
+                     + " | ".join(fmt_stat(row["stats"][k], n) for k in COMPARE_KEYS) + " |")
+    text = "\n".join(["# Continual-NExT comparison (x100, mean ± std over seeds)", "", *lines, "",
+                      *(f"- {x}" for x in notes)]) + "\n"
+    out = {"protocol": "cnext", "markdown": text,
+           "rows": [{**{k: v for k, v in r.items() if k != "stats"},
+                     "stats": {k: s.to_dict() for k, s in r["stats"].items()}} for r in rows], "notes": notes}
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(out_dir) / "protocol-cnext.md", text)
+        atomic_write_json(Path(out_dir) / "protocol-cnext.json", {k: v for k, v in out.items() if k != "markdown"})
+    return out
