@@ -73,3 +73,10 @@ def test_a_stream_with_image_answers_refuses_a_model_without_an_image_head(tiny_
                                  "benchmark.test_size=2"])
     with pytest.raises(ValueError, match="image generation head"):
         Runner(cfg, output_dir=tmp_path / "r")
+
+
+def test_a_method_without_image_answers_is_refused_before_anything_runs(janus_dir: Path, tmp_path: Path) -> None:
+    cfg = load_config([CONFIG], overrides=overrides(janus_dir, "method.name=lwf"))
+    with pytest.raises(ValueError, match="'lwf' does not support tasks answered with images .*methods that do: .*mage"):
+        Runner(cfg, output_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()

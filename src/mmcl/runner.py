@@ -123,6 +123,13 @@ def distributed_setting(accelerator: Accelerator) -> str | None:
 
 def check_training_data(benchmark: Benchmark, method_cls: type[Method]) -> None:
     """Refuse, before anything is written, a stream whose tasks have no training samples to train on."""
+    images = [t.name for t in benchmark.tasks if any(s.wants_image for s in t.train[:1] + t.test[:1])]
+    if images and not method_cls.image_answers:
+        raise ValueError(
+            f"method {method_cls.name!r} does not support tasks answered with images ({', '.join(images)} of "
+            f"{benchmark.name!r}); methods that do: "
+            + ", ".join(n for n in METHODS.names() if METHODS.get(n).image_answers)
+        )
     if method_cls.schedule == "none":
         return
     empty = [t.name for t in benchmark.tasks if not t.train]

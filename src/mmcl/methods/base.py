@@ -86,6 +86,7 @@ class Method:
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     schedule: ClassVar[Literal["sequential", "joint", "none"]] = "sequential"
     supports: ClassVar[frozenset[str]] = frozenset({"ddp"})  # distributed settings beyond one process
+    image_answers: ClassVar[bool] = True  # can train and evaluate tasks answered with images (dual-to-dual models)
 
     def __init__(self, ctx: RunContext, options: MethodOptions) -> None:
         self.ctx = ctx

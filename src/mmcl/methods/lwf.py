@@ -65,6 +65,7 @@ class LwF(LoraFT):
     """One LoRA adapter, distilled towards a frozen copy of itself from the start of each stage."""
 
     name = "lwf"
+    image_answers = False  # its distillation reads text logits of model(**batch)
     Options = LwFOptions
     supports = frozenset({"ddp"})
     options: LwFOptions

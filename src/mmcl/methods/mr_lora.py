@@ -120,6 +120,7 @@ class MRLoRA(Method):
     """A LoRA expert per task, never changed after its stage, chosen per sample by an MLLM router."""
 
     name = "mr-lora"
+    image_answers = False  # per-sample expert routing is text-only
     Options = MRLoRAOptions
     supports = frozenset({"ddp"})
     extra_tracks = ("router_accuracy", "router_fallback", "oracle")

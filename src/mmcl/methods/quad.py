@@ -261,6 +261,7 @@ class Quad(LwF):
     """``lwf``'s frozen teacher adapter, distilled on old questions about current images, attention included."""
 
     name = "quad"
+    image_answers = False  # its replay and attention distillation read text logits
     Options = QuadOptions
     supports = frozenset({"ddp"})
     options: QuadOptions  # type: ignore[assignment]

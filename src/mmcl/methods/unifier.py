@@ -233,6 +233,7 @@ class Unifier(VisionBranchMixin, Method):
     """Scenario branches in every vision block + a consistency constraint (+ an optional LM LoRA)."""
 
     name = "unifier"
+    image_answers = False  # its branches and consistency loss are built for LLaVA-style vision towers and text answers
     Options = UnifierOptions
     supports = frozenset({"ddp"})
     options: UnifierOptions

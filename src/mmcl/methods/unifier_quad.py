@@ -47,6 +47,7 @@ class UnifierQuad(VisionBranchMixin, Quad):
     """UNIFIER's branches and VCC in the vision tower, QUAD's question replay on the language model."""
 
     name = "unifier-quad"
+    image_answers = False  # its QUAD side reads text logits
     Options = UnifierQuadOptions
     supports = frozenset({"ddp"})
     options: UnifierQuadOptions  # type: ignore[assignment]
