@@ -61,6 +61,11 @@ def test_a_run_on_the_stream_records_images_error_classes_and_the_summary(
             assert (tmp_path / method / r["image"]).is_file()
     report = (tmp_path / method / "report.md").read_text()
     assert "## Continual-NExT metrics" in report and "Avg.HAL" in report
+    if method == "mage":  # gating from each task's modalities, on the real stream
+        assert res["cost"]["trained_experts"] == {
+            "0": ["gen_text_in", "gen_image_in", "exp_text_out"], "1": ["gen_text_in", "gen_image_in", "exp_text_out"],
+            "2": ["gen_text_in", "exp_image_out"], "3": ["gen_text_in", "gen_image_in", "exp_text_out"],
+            "4": ["gen_text_in", "gen_image_in", "exp_text_out"], "5": ["gen_text_in", "gen_image_in", "exp_image_out"]}
     cmp = compare_cnext([tmp_path / method], out_dir=tmp_path / "cmp")
     stats = cmp["rows"][0]["stats"]
     assert stats["Avg.HAL"]["mean"] == pytest.approx(summary["Avg.HAL"]) and stats["Avg.HAL"]["n"] == 1
