@@ -86,7 +86,7 @@ DARK_INKS: tuple[tuple[int, int, int], ...] = ((20, 20, 25), (25, 30, 90), (70, 
 """OCR ink colours: near black, navy, dark brown."""
 
 TEXT_MAX_NEW_TOKENS = 8
-BOX_MAX_NEW_TOKENS = 24
+BOX_MAX_NEW_TOKENS = 32  # a box string is up to 25 tokens with a character-level BPE
 IMAGE_MAX_NEW_TOKENS = 8  # the model answers ``<begin_of_image>``; the image comes from the image path
 SHORT_MAX_WORDS = 5
 _UNITS = 16

@@ -15,13 +15,12 @@ from typing import Any
 import torch
 from PIL import Image
 
+from mmcl.models.dual import base_model as _base
+from mmcl.models.dual import tokens_to_images
+
 
 class NoImageProduced(RuntimeError):
     """The model did not produce an image (no image head, or a malformed token sequence)."""
-
-
-def _base(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def chat_generation_prompt(processor: Any, text: str) -> str:
@@ -42,15 +41,6 @@ def ensure_image_generation_config(model: Any, processor: Any) -> None:
         gc.pad_token_id = tok.pad_token_id
     if gc.bos_token_id is None and tok.bos_token_id is not None:
         gc.bos_token_id = tok.bos_token_id
-
-
-def tokens_to_images(model: Any, tokens: torch.Tensor) -> list[Image.Image]:
-    """VQ image tokens [B, N] -> PIL images through ``decode_image_tokens``."""
-    base = _base(model)
-    with torch.no_grad():
-        pixels = base.decode_image_tokens(tokens)  # [B, H, W, C] in about [-1, 1]
-    arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
 
 
 @torch.no_grad()
