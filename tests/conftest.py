@@ -33,6 +33,29 @@ def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def small_janus_size():
+    """A tiny-Janus size for tests: 16 px patches (16 image tokens), codebook 64, a 2-layer LM."""
+    from mmcl.models.tiny_janus import TinyJanusSize
+
+    return TinyJanusSize(patch_size=16, vision_hidden=32, vision_layers=1, vision_heads=2, vq_codebook=64,
+                         text_hidden=64, text_layers=2, text_heads=2, text_intermediate=128)
+
+
+@pytest.fixture(scope="session")
+def tiny_janus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised small JanusForConditionalGeneration + processor saved with save_pretrained."""
+    import torch
+
+    from mmcl.models import tiny_janus as tj
+
+    torch.set_num_threads(1)
+    size = small_janus_size()
+    tok = tj.build_tokenizer(size.vocab_size)
+    out = tmp_path_factory.mktemp("tiny-janus")
+    tj.save_tiny_janus(tj.build_model(tok, size, seed=0), tj.build_processor(tok, size), out)
+    return out
+
+
 def quick_overrides(model_dir: Path, *extra: str) -> list[str]:
     """Overrides for a very small msvqa-synth run on the test checkpoint."""
     return [

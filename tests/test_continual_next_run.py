@@ -8,25 +8,19 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import small_janus_size
 
 from mmcl.config import load_config
-from mmcl.models import tiny_janus as tj
 from mmcl.report.continual_next import compare_cnext
 from mmcl.runner import Runner
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "continual-next-quick.yaml"
-SMALL = tj.TinyJanusSize(patch_size=16, vision_hidden=32, vision_layers=1, vision_heads=2, vq_codebook=64,
-                         text_hidden=64, text_layers=2, text_heads=2, text_intermediate=128)
+SMALL = small_janus_size()
 
 
 @pytest.fixture(scope="module")
-def janus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    tok = tj.build_tokenizer(SMALL.vocab_size)
-    out = tmp_path_factory.mktemp("tiny-janus-run")
-    tj.save_tiny_janus(tj.build_model(tok, SMALL, seed=0), tj.build_processor(tok, SMALL), out)
-    return out
+def janus_dir(tiny_janus_dir: Path) -> Path:
+    return tiny_janus_dir
 
 
 def overrides(model_dir: Path, *extra: str) -> list[str]:
