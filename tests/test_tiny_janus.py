@@ -136,3 +136,69 @@ def test_scores() -> None:
     other = tj.draw_scene(tj.Scene("triangle", "red", "at the top left", "black"))
     s = edit_score(_TruthJudge(scene.attributes()), other, img, scene.attributes(), weight=0.5)
     assert 0.5 < s < 1.0
+
+
+def test_modality_decision_loss_teaches_begin_of_image_first(janus_dir: Path) -> None:
+    """A few steps of the LM's modality-decision term make ``<begin_of_image>`` the likelier first text token
+    after a generation prompt (and leave the CFG-dropped rows out of it)."""
+    torch.manual_seed(0)
+    model, processor = tj.load_tiny_janus(janus_dir)
+    boi = processor.tokenizer.convert_tokens_to_ids("<begin_of_image>")
+    captions = ["a red circle at the top left on a white background.", "a blue bar in the center on a gray background."]
+    text = processor(text=[tj.generation_prompt(processor, captions[0])], return_tensors="pt")
+
+    def boi_logprob() -> float:
+        with torch.no_grad():
+            return float(model(**text).logits[0, -1].log_softmax(-1)[boi])
+
+    ids, mask = tj._prompt_batch(processor, captions)
+    codes = torch.randint(SMALL.vq_codebook, (2, SMALL.num_image_tokens))
+    _, none = tj.t2i_and_modality_loss(model, ids, mask, codes, decide=torch.tensor([False, False]))
+    assert float(none.detach()) == 0.0
+    before = boi_logprob()
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(5):
+        l_img, l_boi = tj.t2i_and_modality_loss(model, ids, mask, codes, decide=torch.tensor([True, True]))
+        opt.zero_grad()
+        (l_img + l_boi).backward()
+        opt.step()
+    model.eval()
+    after = boi_logprob()
+    assert after > before + 1.0
+    assert tj.first_text_tokens(model, processor, [tj.generation_prompt(processor, captions[0])]) == [boi]
+
+
+ASSET = Path(tj.__file__).resolve().parent.parent / "assets" / "tiny-janus"
+
+
+def test_shipped_tiny_janus_generates_what_its_record_claims() -> None:
+    """The shipped pre-trained asset loads and its recorded figures hold when re-measured here on 16
+    held-out captions with the shipped judge: the modality decision, position and background read
+    right (recorded 0.99 / 1.0), and a judge score near the recorded one. The issue's target (a
+    held-out judge score >= 0.8) is NOT reached: recorded 0.60 at CFG 1.5, with colour and shape
+    at chance (docs/continual-next.md); this test checks the record, not the target."""
+    import json
+
+    from mmcl.eval.image_judge import default_judge_dir, evaluate_text_to_image
+
+    torch.set_num_threads(1)
+    assert (ASSET / "model.safetensors").exists() and (ASSET / "pretrain_janus.json").exists()
+    info = json.loads((ASSET / "pretrain_janus.json").read_text())
+    res, recipe = info["results"], info["recipe"]
+    assert res["judge_t2i_heldout"]["cfg_scale"] == recipe["cfg_scale"]
+    decision = res["modality_decision_heldout"]
+    assert decision["generation_prompt_first_token_boi"] >= 0.95 and decision["caption_question_first_token_not_boi"] >= 0.95
+    model, processor = tj.load_tiny_janus(ASSET)
+    judge = load_judge(default_judge_dir())
+    assert min(judge.info["heldout_accuracy"][k] for k in tj.ATTRIBUTES) >= 0.95
+    _, held = tj.heldout_split(recipe["seed"], recipe["heldout_fraction"])
+    assert [s.caption() for s in held] == res["heldout_captions"]
+    sub = held[:: max(1, len(held) // 16)][:16]
+    got = evaluate_text_to_image(model, processor, judge, [s.caption() for s in sub], cfg_scale=recipe["cfg_scale"])
+    boi = processor.tokenizer.convert_tokens_to_ids("<begin_of_image>")
+    first = tj.first_text_tokens(model, processor, [tj.generation_prompt(processor, s.caption()) for s in sub[:4]])
+    assert first == [boi] * 4
+    assert got["per_attribute"]["position"] >= 0.9 and got["per_attribute"]["background"] >= 0.9, got
+    assert abs(got["t2i_score"] - res["judge_t2i_heldout"]["t2i_score"]) <= 0.15, got
+    assert res["caption_exact_match_heldout"] >= 0.3  # with the understanding warm-up (0.09 without)

@@ -124,14 +124,17 @@ def pretrain(
 def pretrain_janus(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to save the tiny Janus.")],
     seed: int = 0,
-    vq_steps: Annotated[int, typer.Option(help="VQ tokenizer/decoder training steps.")] = 520,
-    lm_steps: Annotated[int, typer.Option(help="LM steps (text-to-image + captioning each step).")] = 220,
+    vq_steps: Annotated[int | None, typer.Option(help="VQ tokenizer/decoder training steps (default: the recipe's).")] = None,
+    lm_steps: Annotated[int | None, typer.Option(help="LM steps: text-to-image + modality decision + captioning each step (default: the recipe's).")] = None,
 ) -> None:
-    """Build and pre-train the tiny dual-to-dual Janus base (work in progress: docs/continual-next.md)."""
+    """Build and pre-train the tiny dual-to-dual Janus base (the shipped one: src/mmcl/assets/tiny-janus, about 20 min on one CPU thread).
+
+    Scores its generations with the image judge in src/mmcl/assets/image-judge when present.
+    """
     from mmcl.models.tiny_janus import JanusPretrainRecipe, pretrain_tiny_janus
 
-    results = pretrain_tiny_janus(output, JanusPretrainRecipe(seed=seed, vq_steps=vq_steps, lm_steps=lm_steps),
-                                  log=console.print)
+    overrides = {k: v for k, v in {"vq_steps": vq_steps, "lm_steps": lm_steps}.items() if v is not None}
+    results = pretrain_tiny_janus(output, JanusPretrainRecipe(seed=seed, **overrides), log=console.print)
     out.print(json.dumps(results, indent=2, default=str))
 
 

@@ -7,7 +7,7 @@ kept out of every model's training. Its accuracy is measured per attribute on he
 synthetic images drawn from a separate random stream (:func:`evaluate_judge`) and stored next
 to its weights (``judge.json``); nothing is assumed.
 
-Training images are jittered (object side 13-23 px, offset +-3 px) and augmented (box blur,
+Training images are jittered (object side 11-21 px, offset +-3 px) and augmented (box blur,
 Gaussian noise, per-channel gain) so that the judge also reads the slightly blurred, noisy
 images a VQ decoder produces.
 
@@ -76,7 +76,7 @@ def synthetic_set(n: int, seed: int, stream: int) -> tuple[torch.Tensor, dict[st
     for _ in range(n):
         vals = {k: int(rng.integers(len(v))) for k, v in ATTRIBUTES.items()}
         scene = Scene(**{k: ATTRIBUTES[k][i] for k, i in vals.items()})
-        size = int(rng.integers(13, 24))
+        size = int(rng.integers(11, 22))
         offset = (int(rng.integers(-3, 4)), int(rng.integers(-3, 4)))
         images.append(draw_scene(scene, size, offset))
         for k, i in vals.items():

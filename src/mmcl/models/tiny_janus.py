@@ -8,50 +8,80 @@ generation path (``generate(..., generation_mode="image")`` with classifier-free
 - understanding encoder: Janus/SigLIP-style ViT, 8 px patches -> 64 image tokens;
 - VQ tokenizer/decoder (``JanusVQVAE``): 3 downsamplings (64 -> 8), an 8 x 8 grid = 64 image
   tokens per image (the same count as the understanding tokens, which the class requires),
-  a 256-entry codebook of 16-d unit vectors;
+  a 1024-entry codebook of 16-d unit vectors;
 - a Llama-style LM (4 layers, hidden 128) with the Janus generation embeddings / aligner / head.
 
-Total about 2.0 M parameters (VQ about 1 M, LM about 0.9 M).
+Total about 2.2 M parameters (VQ about 1 M, LM about 0.9 M). The pre-trained model ships in
+``mmcl/assets/tiny-janus`` (its ``pretrain_janus.json`` holds the recipe and every measured
+figure), the image judge that scores it in ``mmcl/assets/image-judge``.
 
-Status (measured, seed 0, default recipe, one CPU thread, about 5.3 min): VQ held-out MAE 0.020
-over all pixels but 0.31 on the object's pixels: reconstructions keep the background and a blob
-at about the right place, not the object's colour or shape; so generated images are NOT yet
-recognisable (held-out image-judge text-to-image score 0.28 at CFG 3, only the background above
-chance). The bottleneck is the VQ on flat images (see step 2), not the LM.
+Status (measured, seed 0, default recipe, one CPU thread, about 19.8 min = VQ 8.2 min +
+decoder fine-tune 1.4 min + LM 9.7 min + evaluation 0.3 min; the shipped asset reused the
+deterministic VQ stage of an identical earlier run). VQ held-out object-pixel MAE 0.106 on
+jittered scenes and 0.051 on canonical ones (was 0.31); the image judge (held-out accuracy
+shape 0.995, others 1.0) scores VQ reconstructions of the held-out canonical scenes 0.946
+(shape 0.79, colour 0.99, position 1.0, background 1.0) and the decoded canonical LM targets
+0.905. Generation is NOT yet at target: the held-out text-to-image judge score is 0.59 at CFG 1.5
+(the recorded default; 0.59 at 1.05, 0.36 at 3.0): position and background 1.0, but colour 0.21
+and shape 0.16, chance (the LM does not yet bind the colour/shape words to the object's four
+codes; teacher-forced image loss 0.12/token, almost all of it on those four). The modality
+decision is learnt: the greedy first text token after every held-out generation prompt is
+``<begin_of_image>`` (1.0) and after every caption question it is not (1.0). Caption exact
+match on held-out combinations 0.09 (train sample 0.09).
 
 Pre-training (:func:`pretrain_tiny_janus`, deterministic from ``seed``) uses its own synthetic
-scenes (:func:`draw_scene`): one large generic shape (circle, square, triangle, diamond, bar,
-ring) in one of the six palette colours, centred in one cell of a 3 x 3 grid, on a plain
-white / black / gray background, captioned "a red triangle at the top left on a white
-background.". Steps:
+scenes (:func:`draw_scene`): one generic shape (circle, square, triangle, diamond, bar, ring) in
+one of the six palette colours on a plain white / black / gray background, at one of the 3 x 3
+grid points 16, 32, 48 px, captioned "a red triangle at the top left on a white background.".
+The canonical object is 16 px and centred on a grid point, so it covers exactly 2 x 2 VQ latent
+cells (8 px): every canonical image is made of background cells and four object quarter-cells,
+which a 1024-code VQ can represent exactly (with the former 18 px objects at 1/3 cell centres an
+object straddled 3-4 cells at position-dependent sub-cell offsets and the VQ returned blobs).
+Steps:
 
-1. BPE tokenizer (``train_tokenizer``) over the captions and prompts, plus the Janus special
-   tokens (``<image_placeholder>``, ``<begin_of_image>``, ``<end_of_image>``, ``<|User|>``,
-   ``<|Assistant|>``);
+1. BPE tokenizer (``train_tokenizer``) over the captions, prompts and the phrases other tasks
+   use (``PROMPT_PHRASES``: "Draw", "make the", "What colour is the", digits, ...), plus the
+   Janus special tokens (``<image_placeholder>``, ``<begin_of_image>``, ``<end_of_image>``,
+   ``<|User|>``, ``<|Assistant|>``);
 2. VQ-VAE: encoder -> ``quant_conv`` -> ``quantize`` -> ``post_quant_conv`` -> decoder, on
-   jittered scenes (size and offset vary), L1 + MSE reconstruction + the quantizer's own
-   codebook/commitment loss. ``JanusVQVAE.decode`` looks codes up L2-normalised
-   (``get_codebook_entry``), so training quantizes the L2-normalised encoder output against a
-   codebook kept on the unit sphere: then ``encode`` (Euclidean argmin on the raw output) picks
-   the same code as training (cosine argmin), and ``decode`` sees the vectors it was trained on.
-   Unused codes are restarted on encoder outputs every ``restart_every`` steps. The first
-   ``warmup_frac`` of the steps train a plain auto-encoder on the normalised latent (no
+   jittered scenes (size 13-19 px, offset +-2 px) and, 90 % of each batch, the canonical
+   renderings of the LM's training combinations; L1 + MSE reconstruction with object pixels
+   weighted 3x, + the quantizer's own codebook/commitment loss. ``JanusVQVAE.decode`` looks codes
+   up L2-normalised (``get_codebook_entry``), so training quantizes the L2-normalised encoder
+   output against a codebook kept on the unit sphere: then ``encode`` (Euclidean argmin on the
+   raw output) picks the same code as training (cosine argmin), and ``decode`` sees the vectors it
+   was trained on. Unused codes are restarted on encoder outputs every ``restart_every`` steps.
+   The first ``warmup_frac`` of the steps train a plain auto-encoder on the normalised latent (no
    quantization), then the codebook starts from a spherical k-means of the latents; the first
    ``crop_frac`` of the steps see 32 x 32 crops around the object (aligned to the latent grid; a
-   quarter of the cost, and the small shapes fill half of the crop), the rest whole images.
-   With 32 channels, ``JanusVQVAE``'s GroupNorm(32 groups) is a per-channel instance norm that
-   erases the absolute colour of flat images (reconstructions came out background-only), hence
+   quarter of the cost), the rest whole images. With 32 channels, ``JanusVQVAE``'s GroupNorm(32
+   groups) is a per-channel instance norm that erases the absolute colour of flat images, hence
    64 channels (channel pairs per group);
-3. LM, VQ frozen: text-to-image (chat prompt + ``<begin_of_image>`` -> the 64 VQ tokens of the
-   canonical scene, through ``language_model`` + ``generation_head`` exactly as ``generate``
-   runs them, with the prompt blanked to pad tokens with probability ``uncond_prob`` for
-   classifier-free guidance) and understanding (image + "Describe the image." -> caption,
-   through the model's forward with ``labels``) in every step; all non-VQ weights train;
-4. ``save_pretrained`` model + processor + ``pretrain_janus.json`` (recipe, VQ reconstruction
-   error on held-out jittered scenes, caption exact-match on held-out combinations, times).
+3. canonical image tokens (:func:`canonical_codes`): GroupNorm statistics and the mid-block
+   attention make a background cell's code depend on the whole image, so the LM targets keep the
+   VQ codes of the object's cells and take every background cell's code from the empty image of
+   that background; the decoder (+ ``post_quant_conv``) is fine-tuned briefly to decode these
+   (:func:`finetune_decoder`). Without this the LM had to predict object-dependent background
+   codes everywhere and drifted (objects at the bottom, wrong colour: held-out score 0.61 at
+   best CFG, 0.28 at CFG 3);
+4. LM, VQ frozen: text-to-image (chat prompt + ``<begin_of_image>`` -> the 64 canonical image
+   tokens, through ``language_model`` + ``generation_head`` exactly as ``generate`` runs them,
+   with the prompt blanked to pad tokens with probability ``uncond_prob`` for classifier-free
+   guidance), the modality decision (``lm_head`` cross-entropy of ``<begin_of_image>`` at the
+   last prompt position of the conditional generation prompts, so plain text generation after a
+   caption-only request starts an image; the CFG-dropped prompts are left out of this term: they
+   are never a text-mode input and ``generate`` never asks ``lm_head`` about them, and teaching
+   "empty prompt -> image" would only blur the decision) and understanding (image + "Describe the
+   image." -> caption, through the model's forward with ``labels``) in every step; all non-VQ
+   weights train;
+5. ``save_pretrained`` model + processor + ``pretrain_janus.json`` (recipe; VQ reconstruction
+   error on held-out jittered scenes and on held-out canonical scenes; caption exact-match;
+   modality-decision shares; image-judge scores of generations and of VQ reconstructions for the
+   held-out combinations when a judge is saved in ``mmcl/assets/image-judge``; times).
 
 A fraction of the (shape, colour, position, background) combinations is held out of the LM
-training (``heldout_combos``) so that evaluation measures composition, not recall.
+training and of the VQ's canonical images (``heldout_split``) so that evaluation measures
+composition, not recall.
 """
 
 from __future__ import annotations
@@ -93,7 +123,8 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 """Every ground-truth attribute of a scene and its values (the image judge predicts all four)."""
 
 IMAGE_SIZE = 64
-OBJECT_SIZE = 18  # canonical side in px; a grid cell is 64 / 3 = 21.3 px
+OBJECT_SIZE = 16  # canonical side in px: two VQ latent cells (8 px each)
+GRID_STEP = 16  # px between the centres of neighbouring positions (centres at 16, 32, 48)
 CAPTION_INSTRUCTION = "Describe the image."
 
 
@@ -129,11 +160,14 @@ def heldout_split(seed: int, fraction: float = 0.1) -> tuple[list[Scene], list[S
 
 def draw_scene(scene: Scene, size: int = OBJECT_SIZE, offset: tuple[int, int] = (0, 0),
                image_size: int = IMAGE_SIZE) -> Image.Image:
-    """Render ``scene``: the shape (side ``size`` px) centred in its grid cell, moved by ``offset``."""
+    """Render ``scene``: the shape (side ``size`` px) centred on its grid point, moved by ``offset``.
+
+    The grid points sit at ``image_size / 4 * (1, 2, 3)`` (16, 32, 48 px at 64 px): the canonical
+    16 px object then covers exactly 2 x 2 VQ latent cells (8 px), see the module docstring."""
     img = Image.new("RGB", (image_size, image_size), BACKGROUND_COLOURS[scene.background])
     col, row = POSITIONS[POSITION_NAMES.index(scene.position)]
-    cell = image_size / 3
-    cx, cy = (col + 0.5) * cell + offset[0], (row + 0.5) * cell + offset[1]
+    step = image_size / 4
+    cx, cy = (col + 1) * step + offset[0], (row + 1) * step + offset[1]
     w = h = size
     if scene.shape == "bar":
         h = max(3, size // 3)
@@ -144,14 +178,14 @@ def draw_scene(scene: Scene, size: int = OBJECT_SIZE, offset: tuple[int, int] = 
 
 def random_scene(rng: np.random.Generator, jitter: bool = True,
                  scenes: list[Scene] | None = None) -> tuple[Scene, Image.Image]:
-    """A random scene (from ``scenes`` when given) and its image; ``jitter`` varies size (15-21 px) and offset (+-2 px)."""
+    """A random scene (from ``scenes`` when given) and its image; ``jitter`` varies size (13-19 px) and offset (+-2 px)."""
     pool = scenes if scenes is not None else None
     if pool is not None:
         scene = pool[int(rng.integers(len(pool)))]
     else:
         scene = Scene(*(vals[int(rng.integers(len(vals)))] for vals in ATTRIBUTES.values()))
     if jitter:
-        size = int(rng.integers(15, 22))
+        size = int(rng.integers(13, 20))
         offset = (int(rng.integers(-2, 3)), int(rng.integers(-2, 3)))
         return scene, draw_scene(scene, size, offset)
     return scene, draw_scene(scene)
@@ -188,7 +222,7 @@ class TinyJanusSize:
     vq_base_channels: int = 64
     vq_latent_channels: int = 64
     vq_embed_dim: int = 16
-    vq_codebook: int = 256
+    vq_codebook: int = 1024
     vq_res_blocks: int = 0
     text_hidden: int = 128
     text_layers: int = 4
@@ -202,11 +236,33 @@ class TinyJanusSize:
         return (self.image_size // self.patch_size) ** 2
 
 
+PROMPT_PHRASES: tuple[str, ...] = (
+    "Draw", "Draw a", "Generate an image of", "Generate an image of a", "make the", "Make the", "move the",
+    "Move the", "change the background to", "Change the background to", "What colour is the", "What color is the",
+    "What shape is the", "What shape", "Where is the", "Is there a", "Is the", "box", "the box", "object", "shape",
+    "colour", "color", "background", "position", "yes", "no", "Yes", "No", "0", "1", "2", "3", "4", "5", "6", "7",
+    "8", "9", "10", "image", "picture", "an image", "Describe the image.", "?", ".", ",", "to", "it", "into", "is",
+)
+"""Words other tasks in this domain put in prompts (edits, questions): in the BPE corpus so they are not shredded."""
+
+
 def tokenizer_corpus() -> list[str]:
     chat = "<|User|>: <image_placeholder>\nDescribe the image.\n\n<|Assistant|>: "
     corpus = [CAPTION_INSTRUCTION, chat]
     corpus += [s.caption() for s in all_scenes()]
     corpus += [chat + s.caption() for s in all_scenes()[::7]]
+    scenes = all_scenes()[::11]
+    for i, s in enumerate(scenes):  # prompts of the kinds other tasks use, a few of each, several times
+        other = scenes[(i * 7 + 3) % len(scenes)]
+        corpus += [
+            f"Draw {s.caption()}", f"Generate an image of {s.caption()}",
+            f"make the {s.shape} {other.colour}.", f"move the {s.shape} {other.position}.",
+            f"change the background to {other.background}.", f"What colour is the {s.shape}? {s.colour}",
+            f"What shape is in the image? {s.shape}", f"Where is the {s.shape}? {s.position}",
+            f"Is there a {other.shape}? {'yes' if other.shape == s.shape else 'no'}",
+            f"the box {i % 10} {(i * 3) % 10} {i}",
+        ]
+    corpus += list(PROMPT_PHRASES) * 5
     return corpus
 
 
@@ -382,12 +438,20 @@ def _kmeans_codebook(vq: Any, images: torch.Tensor, g: torch.Generator, iters: i
 
 def train_vq(model: Any, steps: int, batch_size: int, lr: float, seed: int, restart_every: int = 25,
              object_weight: float = 1.0, warmup_frac: float = 0.3, crop: int = 32, crop_frac: float = 0.85,
+             canonical_scenes: list[Scene] | None = None, canonical_frac: float = 0.0,
              log: Any = print) -> dict[str, float]:
+    """Train the VQ on jittered random scenes and, a ``canonical_frac`` share of each batch, on the
+    canonical renderings of ``canonical_scenes`` (the images the LM learns to generate)."""
     vq = model.model.vqmodel
     vq.train()
     warmup = int(warmup_frac * steps)
     rng = np.random.default_rng([seed % 2**32, 5])
     drawn = [random_scene(rng) for _ in range(max(2048, batch_size * 8))]
+    n_jitter = len(drawn)
+    canonical_scenes = list(canonical_scenes or [])
+    if not canonical_scenes:
+        canonical_frac = 0.0
+    drawn += [(s, draw_scene(s)) for s in canonical_scenes]
     pool = images_to_tensor([im for _, im in drawn])
     bg = images_to_tensor([Image.new("RGB", (1, 1), BACKGROUND_COLOURS[s.background]) for s, _ in drawn])
     # object pixels weigh ``object_weight`` times a background pixel: the shapes cover ~8 % of the image
@@ -407,7 +471,10 @@ def train_vq(model: Any, steps: int, batch_size: int, lr: float, seed: int, rest
     g = torch.Generator().manual_seed(seed)
     t0, loss = time.time(), torch.tensor(0.0)
     for step in range(steps):
-        pick = torch.randint(len(pool), (batch_size,), generator=g)
+        pick = torch.randint(n_jitter, (batch_size,), generator=g)
+        if canonical_frac > 0:
+            canon = torch.rand(batch_size, generator=g) < canonical_frac
+            pick = torch.where(canon, n_jitter + torch.randint(len(pool) - n_jitter, (batch_size,), generator=g), pick)
         x, w = pool[pick], weights[pick]
         if c and step < crop_frac * steps:  # cheap: a c x c crop holding the object (conv nets are local)
             jy = (oy[pick] + torch.randint(-1, 2, (batch_size,), generator=g)).clamp(0, hi) * f
@@ -448,6 +515,74 @@ def train_vq(model: Any, steps: int, batch_size: int, lr: float, seed: int, rest
 
 
 @torch.no_grad()
+def canonical_codes(model: Any, scenes: list[Scene]) -> torch.Tensor:
+    """The LM's image-token targets for the canonical renderings of ``scenes`` [B, 64]: the VQ codes of the
+    cells the object touches, and for every other cell the code the VQ gives that cell in the empty
+    image of the same background.
+
+    The object's four codes are those of the same (shape, colour, background) rendered at the centre:
+    the canonical object covers exactly the 2 x 2 latent block of its grid point, identical pixels at
+    every position. The VQ's GroupNorm statistics and mid-block attention make a cell's code depend
+    on the whole image (a white background took about 15 different codes per image, an object's
+    codes changed with its position); the LM then had to predict object-dependent codes
+    everywhere and combination-specific object codes: it drifted (objects at the bottom), then
+    placed them right with chance colour and shape. With these targets a background cell's code
+    depends only on its place and the background colour, and the object's codes only on what it
+    is; the decoder is fine-tuned on them (:func:`finetune_decoder`)."""
+    vq = model.model.vqmodel
+    side = model.config.vision_config.image_size // model.config.vision_config.patch_size  # 8 latent cells
+    empty = {b: vq.encode(images_to_tensor([Image.new("RGB", (IMAGE_SIZE, IMAGE_SIZE), c)])).image_tokens.view(side, side)
+             for b, c in BACKGROUND_COLOURS.items()}
+    # the object's 2 x 2 block of codes, taken from its rendering at the centre (the block at cells 3-4):
+    # every position uses the same block, so the codes depend on (shape, colour, background) only
+    centre = POSITION_NAMES[4]
+    looks = sorted({(s.shape, s.colour, s.background) for s in scenes})
+    x = images_to_tensor([draw_scene(Scene(sh, co, centre, bg)) for sh, co, bg in looks])
+    blocks = vq.encode(x).image_tokens.view(len(looks), side, side)[:, 3:5, 3:5]
+    block = dict(zip(looks, blocks, strict=True))
+    out = []
+    for s in scenes:
+        col, row = POSITIONS[POSITION_NAMES.index(s.position)]
+        grid = empty[s.background].clone()
+        grid[2 * row + 1: 2 * row + 3, 2 * col + 1: 2 * col + 3] = block[(s.shape, s.colour, s.background)]
+        out.append(grid.flatten())
+    return torch.stack(out)
+
+
+def finetune_decoder(model: Any, scenes: list[Scene], steps: int, batch_size: int, lr: float, seed: int,
+                     log: Any = print) -> dict[str, float]:
+    """Fine-tune ``post_quant_conv`` + decoder (codebook and encoder frozen) to decode the
+    :func:`canonical_codes` of ``scenes`` (half of each batch) and their plain VQ codes (the other half)
+    into the canonical renderings."""
+    vq = model.model.vqmodel
+    n = model.config.vision_config.num_image_tokens
+    x = images_to_tensor([draw_scene(s) for s in scenes])
+    with torch.no_grad():
+        targets = canonical_codes(model, scenes)
+        raw = torch.cat([vq.encode(x[i:i + 128]).image_tokens.view(-1, n) for i in range(0, len(x), 128)])
+    params = list(vq.post_quant_conv.parameters()) + list(vq.decoder.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    g = torch.Generator().manual_seed(seed + 11)
+    vq.decoder.train()
+    t0, loss = time.time(), torch.tensor(0.0)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        pick = torch.randint(len(x), (batch_size,), generator=g)
+        codes = torch.cat([targets[pick[: batch_size // 2]], raw[pick[batch_size // 2:]]])
+        rec = model.decode_image_tokens(codes).permute(0, 3, 1, 2)
+        loss = ((rec - x[pick]).abs() + (rec - x[pick]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 50 == 0 or step == steps - 1:
+            log(f"decoder step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    vq.eval()
+    return {"decoder_finetune_final_loss": float(loss.item()), "decoder_finetune_seconds": time.time() - t0}
+
+
+@torch.no_grad()
 def vq_eval(model: Any, n: int, seed: int) -> dict[str, float]:
     """Held-out reconstruction error (encode -> tokens -> decode) on jittered scenes, pixels in [0, 1]."""
     rng = np.random.default_rng([seed % 2**32, 6])
@@ -465,6 +600,46 @@ def vq_eval(model: Any, n: int, seed: int) -> dict[str, float]:
     }
 
 
+@torch.no_grad()
+def vq_eval_canonical(model: Any, scenes: list[Scene]) -> dict[str, float]:
+    """Reconstruction error (pixels in [0, 1]) of the canonical renderings of ``scenes`` (what the LM generates)."""
+    x = images_to_tensor([draw_scene(s) for s in scenes])
+    bg = images_to_tensor([Image.new("RGB", (1, 1), BACKGROUND_COLOURS[s.background]) for s in scenes])
+    obj = ((x - bg).abs().amax(1, keepdim=True) > 0.05).expand_as(x)
+    rec, codes = vq_reconstruct(model, x)
+    diff = ((rec.clamp(-1, 1) - x) / 2).abs()
+    return {"vq_canonical_heldout_mae": float(diff.mean()), "vq_canonical_heldout_mae_object_pixels": float(diff[obj].mean()),
+            "vq_canonical_heldout_codes_used": int(codes.unique().numel())}
+
+
+def judge_eval(model: Any, processor: Any, scenes: list[Scene], cfg_scale: float,
+               judge_dir: str | Path | None = None) -> dict[str, Any]:
+    """Image-judge scores (``mmcl.eval.image_judge``) on ``scenes``: text-to-image (greedy, CFG ``cfg_scale``) and
+    the VQ reconstructions of their canonical renderings; empty when no judge is saved."""
+    from mmcl.eval.image_judge import default_judge_dir, evaluate_text_to_image, load_judge, t2i_score
+
+    path = Path(judge_dir) if judge_dir is not None else default_judge_dir()
+    if not (path / "judge.json").exists():
+        return {}
+    judge = load_judge(path)
+    captions = [s.caption() for s in scenes]
+    t2i = evaluate_text_to_image(model, processor, judge, captions, cfg_scale=cfg_scale)
+    t2i.pop("images")
+    rec, _ = vq_reconstruct(model, images_to_tensor([draw_scene(s) for s in scenes]))
+    with torch.no_grad():
+        rec_canon = model.decode_image_tokens(canonical_codes(model, scenes)).permute(0, 3, 1, 2)
+    out: dict[str, Any] = {"judge_t2i_heldout": t2i}
+    for key, r in (("judge_vq_reconstruction_heldout", rec), ("judge_vq_canonical_codes_heldout", rec_canon)):
+        rec_images = tensor_to_images(r)
+        got = judge(rec_images)
+        out[key] = {
+            "t2i_score": sum(t2i_score(judge, im, c) for im, c in zip(rec_images, captions, strict=True)) / len(scenes),
+            "per_attribute": {k: sum(g[k] == s.attributes()[k] for g, s in zip(got, scenes, strict=True)) / len(scenes)
+                              for k in ATTRIBUTES}}
+    out["judge_heldout_accuracy"] = judge.info.get("heldout_accuracy")
+    return out
+
+
 # ---------------------------------------------------------------- LM training
 
 def _position_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -475,15 +650,61 @@ def t2i_loss(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, im
     """Next-image-token loss: text embeddings of the (left-padded) prompt ending in ``<begin_of_image>``,
     then the generation embeddings of the image tokens, through ``language_model`` and
     ``generation_head`` — the same modules and positions as ``generate(generation_mode="image")``."""
+    return t2i_and_modality_loss(model, prompt_ids, prompt_mask, image_tokens)[0]
+
+
+def t2i_and_modality_loss(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, image_tokens: torch.Tensor,
+                          decide: torch.Tensor | None = None,
+                          token_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(:func:`t2i_loss`, modality-decision loss) from one forward pass.
+
+    The modality-decision loss is the ``lm_head`` cross-entropy of ``<begin_of_image>`` at the last
+    prompt position before it (the position whose text-mode greedy token starts the answer), over the
+    rows where ``decide`` is true (default all); 0 when none. By causality that hidden state is the
+    one ``generate(generation_mode="text")`` computes for the prompt without ``<begin_of_image>``.
+    """
     text = model.get_input_embeddings()(prompt_ids)
     img = model.prepare_embeddings_for_image_generation(image_tokens[:, :-1])
     embeds = torch.cat([text, img], dim=1)
     mask = torch.cat([prompt_mask, torch.ones_like(image_tokens[:, :-1])], dim=1)
     hidden = model.model.language_model(inputs_embeds=embeds, attention_mask=mask,
                                         position_ids=_position_ids(mask)).last_hidden_state
-    n = image_tokens.shape[1]
-    logits = model.model.generation_head(hidden[:, prompt_ids.shape[1] - 1: prompt_ids.shape[1] - 1 + n])
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), image_tokens.reshape(-1))
+    n, p = image_tokens.shape[1], prompt_ids.shape[1]
+    logits = model.model.generation_head(hidden[:, p - 1: p - 1 + n])
+    if token_weights is None:
+        l_img = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), image_tokens.reshape(-1))
+    else:  # weighted mean over the image tokens
+        per = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), image_tokens.reshape(-1), reduction="none")
+        l_img = (per * token_weights.reshape(-1)).sum() / token_weights.sum()
+    decide = torch.ones(len(prompt_ids), dtype=torch.bool) if decide is None else decide
+    if not bool(decide.any()):
+        return l_img, hidden.sum() * 0.0
+    text_logits = model.lm_head(hidden[decide, p - 2])
+    boi = torch.full((text_logits.shape[0],), model.generation_config.generation_kwargs["boi_token_id"])
+    return l_img, F.cross_entropy(text_logits, boi)
+
+
+@torch.no_grad()
+def first_text_tokens(model: Any, processor: Any, prompts: list[str], images: list[Image.Image] | None = None) -> list[int]:
+    """The greedy first token of plain text generation (``generate``, default text mode), one prompt at a time."""
+    out = []
+    for i, prompt in enumerate(prompts):
+        kw = {"images": [images[i]]} if images is not None else {}
+        enc = processor(text=[prompt], return_tensors="pt", **kw)
+        gen = model.generate(**enc, max_new_tokens=1, do_sample=False)
+        out.append(int(gen[0, enc["input_ids"].shape[1]]))
+    return out
+
+
+def modality_decision(model: Any, processor: Any, scenes: list[Scene]) -> dict[str, float]:
+    """Share of generation prompts (caption only) whose greedy first text token is ``<begin_of_image>``,
+    and share of caption questions (image + "Describe the image.") whose first token is not."""
+    boi = processor.tokenizer.convert_tokens_to_ids("<begin_of_image>")
+    gen = first_text_tokens(model, processor, [generation_prompt(processor, s.caption()) for s in scenes])
+    ask = first_text_tokens(model, processor, [question_prompt(processor, CAPTION_INSTRUCTION)] * len(scenes),
+                            [draw_scene(s) for s in scenes])
+    return {"generation_prompt_first_token_boi": sum(t == boi for t in gen) / max(1, len(gen)),
+            "caption_question_first_token_not_boi": sum(t != boi for t in ask) / max(1, len(ask))}
 
 
 def unconditional_ids(ids: torch.Tensor, model: Any) -> torch.Tensor:
@@ -520,15 +741,22 @@ def _prompt_batch(processor: Any, captions: list[str]) -> tuple[torch.Tensor, to
 
 
 def train_lm(model: Any, processor: Any, scenes: list[Scene], steps: int, batch_size: int, lr: float, seed: int,
-             uncond_prob: float = 0.1, log: Any = print) -> dict[str, float]:
+             uncond_prob: float = 0.1, modality_weight: float = 1.0, i2t_frac: float = 0.5, object_token_weight: float = 1.0,
+             log: Any = print) -> dict[str, float]:
     """Joint text-to-image + captioning on canonical renderings of ``scenes`` (VQ frozen)."""
     vq = model.model.vqmodel
     for p in vq.parameters():
         p.requires_grad_(False)
     images = [draw_scene(s) for s in scenes]
     with torch.no_grad():
-        codes = torch.cat([vq.encode(images_to_tensor(images[i:i + 128])).image_tokens.view(-1, model.config.vision_config.num_image_tokens)
-                           for i in range(0, len(images), 128)])
+        codes = canonical_codes(model, scenes)
+        # the object's cells weigh ``object_token_weight`` times a background cell (4 of 64 tokens carry colour and shape)
+        side = model.config.vision_config.image_size // model.config.vision_config.patch_size
+        token_weights = torch.ones(len(scenes), side, side)
+        for i, s in enumerate(scenes):
+            col, row = POSITIONS[POSITION_NAMES.index(s.position)]
+            token_weights[i, 2 * row + 1: 2 * row + 3, 2 * col + 1: 2 * col + 3] = object_token_weight
+        token_weights = token_weights.flatten(1)
         # generation embeddings start from the (unit) VQ codebook: a code's input embedding matches its content
         model.model.generation_embeddings.weight.copy_(vq.quantize.embedding.weight)
     captions = [s.caption() for s in scenes]
@@ -537,7 +765,7 @@ def train_lm(model: Any, processor: Any, scenes: list[Scene], steps: int, batch_
     g = torch.Generator().manual_seed(seed)
     model.train()
     t0 = time.time()
-    l_t2i = l_i2t = torch.tensor(0.0)
+    l_t2i = l_i2t = l_boi = torch.tensor(0.0)
     for step in range(steps):
         cur_lr = lr * min(1.0, (step + 1) / 30) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
         for group in opt.param_groups:
@@ -546,20 +774,23 @@ def train_lm(model: Any, processor: Any, scenes: list[Scene], steps: int, batch_
         ids, mask = _prompt_batch(processor, [captions[i] for i in idx])
         drop = torch.rand(batch_size, generator=g) < uncond_prob
         ids = torch.where(drop[:, None], unconditional_ids(ids, model), ids)
-        l_t2i = t2i_loss(model, ids, mask, codes[idx])
-        jdx = torch.randint(len(scenes), (batch_size // 2,), generator=g).tolist()
+        # the modality decision is learnt on the conditional prompts only: a CFG-dropped prompt (all pad
+        # but BOS/BOI) is never a text-mode input, and generate() never asks lm_head about it
+        l_t2i, l_boi = t2i_and_modality_loss(model, ids, mask, codes[idx], decide=~drop,
+                                             token_weights=token_weights[idx])
+        jdx = torch.randint(len(scenes), (max(1, int(batch_size * i2t_frac)),), generator=g).tolist()
         batch = _understanding_batch(processor, [images[j] for j in jdx], [captions[j] for j in jdx])
         l_i2t = model(**batch).loss
-        loss = l_t2i + l_i2t
+        loss = l_t2i + l_i2t + modality_weight * l_boi
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % 50 == 0 or step == steps - 1:
-            log(f"lm step {step} t2i {l_t2i.item():.3f} i2t {l_i2t.item():.3f} ({time.time() - t0:.0f}s)")
+            log(f"lm step {step} t2i {l_t2i.item():.3f} i2t {l_i2t.item():.3f} boi {l_boi.item():.3f} ({time.time() - t0:.0f}s)")
     model.eval()
     return {"lm_final_t2i_loss": float(l_t2i.item()), "lm_final_i2t_loss": float(l_i2t.item()),
-            "lm_seconds": time.time() - t0}
+            "lm_final_modality_loss": float(l_boi.item()), "lm_seconds": time.time() - t0}
 
 
 @torch.no_grad()
@@ -583,14 +814,25 @@ def caption_accuracy(model: Any, processor: Any, scenes: list[Scene], batch_size
 class JanusPretrainRecipe:
     seed: int = 0
     size: TinyJanusSize = field(default_factory=TinyJanusSize)
-    vq_steps: int = 520
+    vq_steps: int = 1400
     vq_batch_size: int = 16
     vq_lr: float = 1e-3
-    lm_steps: int = 220
+    vq_object_weight: float = 3.0
+    vq_canonical_frac: float = 0.9
+    vq_crop: int = 32
+    vq_crop_frac: float = 0.9
+    vq_warmup_frac: float = 0.3
+    decoder_steps: int = 100
+    decoder_lr: float = 3e-4
+    vision_steps: int = 2500  # understanding-encoder warm-up (mmcl.models.janus_vision) before the LM stage
+    lm_steps: int = 900
     lm_batch_size: int = 32
     lm_lr: float = 2e-3
     uncond_prob: float = 0.1
+    modality_weight: float = 1.0
+    object_token_weight: float = 1.0  # 8.0 measured: held-out t2i 0.585 at CFG 1.5 (colour 0.30, shape 0.23, position 0.87)
     heldout_fraction: float = 0.1
+    cfg_scale: float = 1.5  # the recorded default CFG scale (best of a held-out sweep: 1.05 0.590, 1.5 0.593, 3.0 0.363)
 
 
 def pretrain_tiny_janus(out_dir: str | Path, recipe: JanusPretrainRecipe | None = None, log: Any = print) -> dict[str, Any]:
@@ -606,16 +848,34 @@ def pretrain_tiny_janus(out_dir: str | Path, recipe: JanusPretrainRecipe | None 
     model = build_model(tok, recipe.size, seed=recipe.seed)
     results: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()),
                                "image_tokens": recipe.size.num_image_tokens, "codebook": recipe.size.vq_codebook}
-    results.update(train_vq(model, recipe.vq_steps, recipe.vq_batch_size, recipe.vq_lr, recipe.seed, log=log))
-    results.update(vq_eval(model, 256, recipe.seed + 1))
-    log(f"VQ held-out: {results}")
     train, held = heldout_split(recipe.seed, recipe.heldout_fraction)
+    results.update(train_vq(model, recipe.vq_steps, recipe.vq_batch_size, recipe.vq_lr, recipe.seed,
+                            object_weight=recipe.vq_object_weight, warmup_frac=recipe.vq_warmup_frac,
+                            crop=recipe.vq_crop, crop_frac=recipe.vq_crop_frac, canonical_scenes=train,
+                            canonical_frac=recipe.vq_canonical_frac, log=log))
+    if recipe.decoder_steps:
+        results.update(finetune_decoder(model, train, recipe.decoder_steps, recipe.vq_batch_size, recipe.decoder_lr,
+                                        recipe.seed, log=log))
+    results.update(vq_eval(model, 256, recipe.seed + 1))
+    results.update(vq_eval_canonical(model, held))
+    log(f"VQ held-out: {results}")
+    if recipe.vision_steps:  # captions alone do not teach the tiny ViT to see the object (see janus_vision)
+        from mmcl.models.janus_vision import warm_up_vision
+
+        results.update(warm_up_vision(model, processor, recipe.vision_steps, seed=recipe.seed, log=log))
     results.update(train_lm(model, processor, train, recipe.lm_steps, recipe.lm_batch_size, recipe.lm_lr,
-                            recipe.seed, recipe.uncond_prob, log=log))
-    results["pretrain_seconds"] = time.time() - t0
+                            recipe.seed, recipe.uncond_prob, modality_weight=recipe.modality_weight,
+                            object_token_weight=recipe.object_token_weight, log=log))
+    results["train_seconds"] = time.time() - t0
+    t1 = time.time()
     results["caption_exact_match_heldout"] = caption_accuracy(model, processor, held)
     results["caption_exact_match_train_sample"] = caption_accuracy(model, processor, train[::10])
+    results["modality_decision_heldout"] = modality_decision(model, processor, held)
+    results.update(judge_eval(model, processor, held, recipe.cfg_scale))
+    results["eval_seconds"] = time.time() - t1
+    results["pretrain_seconds"] = time.time() - t0
     results["heldout_captions"] = [s.caption() for s in held]
+    log({k: v for k, v in results.items() if k != "heldout_captions"})
     save_tiny_janus(model, processor, out_dir)
     info = {"recipe": asdict(recipe), "results": results}
     (Path(out_dir) / "pretrain_janus.json").write_text(json.dumps(info, indent=2))
