@@ -12,6 +12,7 @@ import pytest
 from mmcl.benchmarks import BENCHMARKS
 from mmcl.benchmarks.builtin import benchmark_names
 from mmcl.benchmarks.continual_next_synth import (
+    BOX_MAX_NEW_TOKENS,
     MODALITY_PAIRS,
     NAME,
     OCR_WORDS,
@@ -65,7 +66,7 @@ def test_registered_order_and_declarations(bench: Benchmark) -> None:
         assert all(list(v) == sorted(v) and v for v in exp.vocabulary.values())
         assert t.meta["correct_at"] == (0.9 if t.name == "editing" else 1.0)
         assert t.meta["warm_start"] is (t.name == "vqa")
-        assert t.max_new_tokens == {"grounding": 24}.get(t.name, 8)
+        assert t.max_new_tokens == {"grounding": BOX_MAX_NEW_TOKENS}.get(t.name, 8)
     assert set(bench.task("ocr-vqa").meta["expect"]["vocabulary"]) == {"words"}
     assert set(bench.task("t2i").meta["expect"]["vocabulary"]) == {"shapes", "colours", "backgrounds"}
     with pytest.raises(KeyError):
@@ -227,3 +228,13 @@ def test_options_and_stream_options() -> None:
     assert b.task_names == ["t2i", "vqa"] and len(b.tasks[0].train) == 5
     s = make(tasks=["editing"], image_size=96, train_size=3, test_size=2).tasks[0].test[0]
     assert s.load_image().size == s.load_target_image().size == (96, 96)
+
+
+def test_a_box_answer_fits_in_the_grounding_token_budget_of_the_shipped_tokenizer(bench: Benchmark) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    from mmcl.models.loader import preset_dir
+
+    tok = PreTrainedTokenizerFast.from_pretrained(preset_dir("tiny-janus"))
+    longest = max(len(tok(" " + s.answers[0])["input_ids"]) for s in samples(bench.task("grounding")))
+    assert longest + 1 <= BOX_MAX_NEW_TOKENS  # + end of sequence
