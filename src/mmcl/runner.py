@@ -121,9 +121,14 @@ def distributed_setting(accelerator: Accelerator) -> str | None:
     return None
 
 
+def image_answer_tasks(benchmark: Benchmark) -> list[str]:
+    """Names of the tasks answered with images (judged by their first train / test sample)."""
+    return [t.name for t in benchmark.tasks if any(s.wants_image for s in t.train[:1] + t.test[:1])]
+
+
 def check_training_data(benchmark: Benchmark, method_cls: type[Method]) -> None:
     """Refuse, before anything is written, a stream whose tasks have no training samples to train on."""
-    images = [t.name for t in benchmark.tasks if any(s.wants_image for s in t.train[:1] + t.test[:1])]
+    images = image_answer_tasks(benchmark)
     if images and not method_cls.image_answers:
         raise ValueError(
             f"method {method_cls.name!r} does not support tasks answered with images ({', '.join(images)} of "
@@ -206,7 +211,7 @@ class Runner:
         self.benchmark: Benchmark = build_benchmark(cfg)
         check_training_data(self.benchmark, method_cls)
         if (not cfg.model.path and "preset" not in cfg.model.model_fields_set
-                and any(s.wants_image for t in self.benchmark.tasks for s in t.test[:1] + t.train[:1])):
+                and image_answer_tasks(self.benchmark)):
             # a stream with image answers needs a dual-to-dual model: its default is the tiny Janus
             cfg = self.cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"preset": DUAL_PRESET})})
             self.console.print(f"[dim]{self.benchmark.name} has image answers: model.preset defaults to {DUAL_PRESET}[/]")
@@ -223,7 +228,7 @@ class Runner:
         # a dual-to-dual model (Janus) may answer any prompt with an image: evaluation lets it choose
         self._image_token_id = (boi_token_id(self.bundle.processor) if supports_image_output(self.bundle.model)
                                 else None)
-        wants_images = [t.name for t in self.benchmark.tasks if any(s.wants_image for s in t.train[:1] + t.test[:1])]
+        wants_images = image_answer_tasks(self.benchmark)
         if wants_images and self._image_token_id is None:
             raise ValueError(
                 f"tasks {', '.join(wants_images)} ask for image answers, but the model "

@@ -31,7 +31,7 @@ from transformers import DynamicCache
 from mmcl.eval.generate import IMAGE_REQUEST, Shard, generate_answers
 from mmcl.models.dual import base_model, num_image_tokens, tokens_to_images
 from mmcl.train.dual import merged_input_embeddings
-from mmcl.train.encode import Encoded, _stack_vision
+from mmcl.train.encode import Encoded, collate_prompts
 
 IMAGE_PREDICTION = "<image>"
 DEFAULT_CFG_SCALE = 3.0
@@ -49,16 +49,12 @@ class ImageOutput(str):
 
 
 def _prompt_batch(encoded: Sequence[Encoded], pad_id: int, boi_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded ``prompt + <begin_of_image>`` ids, mask and the prompts' vision tensors."""
-    n = max(e.prompt_len for e in encoded) + 1
-    ids = torch.full((len(encoded), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(encoded), n), dtype=torch.long)
-    for i, e in enumerate(encoded):
-        L = e.prompt_len
-        ids[i, n - L - 1: n - 1] = e.input_ids[:L]
-        ids[i, n - 1] = boi_id
-        mask[i, n - L - 1:] = 1
-    return {"input_ids": ids, "attention_mask": mask, **_stack_vision(encoded)}
+    """The left-padded prompt batch of :func:`collate_prompts` with ``<begin_of_image>`` appended."""
+    batch = collate_prompts(encoded, pad_id)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    batch["input_ids"] = torch.cat([ids, ids.new_full((len(ids), 1), boi_id)], dim=1)
+    batch["attention_mask"] = torch.cat([mask, mask.new_ones((len(mask), 1))], dim=1)
+    return batch
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
