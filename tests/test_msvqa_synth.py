@@ -146,12 +146,13 @@ def test_growing_a_split_keeps_its_prefix() -> None:
 
 def test_train_and_test_disjoint(tasks) -> None:
     for t in tasks.values():
-        train = {(s.question, str(s.meta["objects"])) for s in t.train}
+        train = {(s.question, str(s.meta["objects"])) for s in t.train if s.meta["objects"]}
         assert not any((s.question, str(s.meta["objects"])) in train for s in t.test)
         assert len({s.id for s in t.train + t.test}) == len(t.train) + len(t.test)
-    t = tasks["high-altitude.counting"]
-    train_images = {image_bytes(s) for s in t.train}
-    assert not any(image_bytes(s) in train_images for s in t.test)
+    for name in ("high-altitude.counting", "underwater.existence"):  # empty scenes differ by background
+        t = tasks[name]
+        train_images = {image_bytes(s) for s in t.train}
+        assert not any(image_bytes(s) in train_images for s in t.test)
 
 
 def test_image_factory_is_picklable() -> None:
@@ -181,7 +182,9 @@ def test_answers_match_meta(tasks) -> None:
             assert s.meta["boxes"] == [o["box"] for o in objs]
             cat, col, ans = s.meta["category"], s.meta["colour"], s.answers[0]
             shown = {o["category"] for o in objs}
-            assert len(shown) == 1, "every scene shows one category"
+            assert len(shown) == 1 or (qtype == "existence" and ans == "no" and not objs), (
+                "every scene shows one category (an existence 'no' scene may be empty)"
+            )
             if qtype == "counting":
                 assert shown == {cat} and ans == str(len(objs))
                 assert 1 <= int(ans) <= SCENARIO_SPECS[scenario].max_count
@@ -202,8 +205,28 @@ def test_existence_balanced_and_answers_spread(tasks) -> None:
         t = tasks[f"{s}.existence"]
         for split in (t.train, t.test):
             assert Counter(x.answers[0] for x in split) == {"yes": len(split) // 2, "no": len(split) // 2}
+        no = [x for x in t.train if x.answers[0] == "no"]
+        empty = sum(not x.meta["objects"] for x in no)
+        assert 0.4 * len(no) <= empty <= 0.6 * len(no), "default 'mixed': about half the 'no' scenes are empty"
         assert len({x.answers[0] for x in tasks[f"{s}.attribute"].train}) == 6
         assert len({x.answers[0] for x in tasks[f"{s}.category"].train}) == 4
+
+
+@pytest.mark.parametrize("negatives", ["other", "empty"])
+def test_existence_negatives_option(negatives: str) -> None:
+    t = make_task("indoor.existence", train_size=40, test_size=10, existence_negatives=negatives)
+    for x in t.train + t.test:
+        shown = {o["category"] for o in x.meta["objects"]}
+        if x.answers[0] == "yes":
+            assert shown == {x.meta["category"]}
+        elif negatives == "empty":
+            assert not shown
+        else:
+            assert len(shown) == 1 and x.meta["category"] not in shown
+    # the "yes" samples do not depend on the option
+    mixed = make_task("indoor.existence", train_size=40, test_size=10)
+    yes = [x for x in t.train if x.answers[0] == "yes"]
+    assert [x.meta for x in yes] == [x.meta for x in mixed.train if x.answers[0] == "yes"]
 
 
 def test_boxes_on_grid_and_apart(tasks) -> None:
