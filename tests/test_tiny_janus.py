@@ -202,3 +202,46 @@ def test_shipped_tiny_janus_generates_what_its_record_claims() -> None:
     assert got["per_attribute"]["position"] >= 0.9 and got["per_attribute"]["background"] >= 0.9, got
     assert abs(got["t2i_score"] - res["judge_t2i_heldout"]["t2i_score"]) <= 0.15, got
     assert res["caption_exact_match_heldout"] >= 0.3  # with the understanding warm-up (0.09 without)
+
+
+
+def test_reuse_image_stages_loads_the_vq_and_the_warmed_up_encoder_only(janus_dir: Path, tmp_path: Path) -> None:
+    import json
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    torch.set_num_threads(1)
+    recipe = tj.JanusPretrainRecipe(size=SMALL)
+    trained, processor = tj.load_tiny_janus(janus_dir)
+    with torch.no_grad():  # stand-in for trained weights: every tensor moved, LM included
+        for t in trained.parameters():
+            t.add_(0.01)
+    src = tmp_path / "src"
+    tj.save_tiny_janus(trained, processor, src)
+    done = trained.state_dict()
+    save_file({k: v.contiguous() for k, v in done.items() if k.startswith(tj.VISION_PREFIX)},
+              str(src / tj.VISION_WARMUP_FILE))
+    (src / "pretrain_janus.json").write_text(json.dumps(
+        {"recipe": asdict(recipe), "results": {"vq_final_loss": 0.5, "vision_seconds": 2.0, "lm_final_t2i_loss": 3.0}}))
+
+    fresh = tj.build_model(processor.tokenizer, SMALL, seed=0).state_dict()
+    model = tj.build_model(processor.tokenizer, SMALL, seed=0)
+    got = tj.reuse_image_stages(model, src, recipe)
+    after = model.state_dict()
+    for k, v in after.items():
+        expected = done[k] if k.startswith((tj.VQ_PREFIX, tj.VISION_PREFIX)) else fresh[k]
+        assert torch.equal(v, expected), k
+    assert got == {"vq_final_loss": 0.5, "vision_seconds": 2.0, "image_stages_reused_from": str(src),
+                   "vision_warmup_reused": True}
+
+    (src / tj.VISION_WARMUP_FILE).unlink()  # an older output: the VQ only; the caller reruns the warm-up
+    model = tj.build_model(processor.tokenizer, SMALL, seed=0)
+    assert tj.reuse_image_stages(model, src, recipe)["vision_warmup_reused"] is False
+    vision = [k for k in fresh if k.startswith(tj.VISION_PREFIX)]
+    assert vision and all(torch.equal(model.state_dict()[k], fresh[k]) for k in vision)
+
+    with pytest.raises(ValueError, match="recipe.vq_steps"):
+        tj.reuse_image_stages(model, src, tj.JanusPretrainRecipe(size=SMALL, vq_steps=7))
+    with pytest.raises(FileNotFoundError, match="pretrain_janus.json"):
+        tj.reuse_image_stages(model, tmp_path, recipe)

@@ -126,6 +126,8 @@ def pretrain_janus(
     seed: int = 0,
     vq_steps: Annotated[int | None, typer.Option(help="VQ tokenizer/decoder training steps (default: the recipe's).")] = None,
     lm_steps: Annotated[int | None, typer.Option(help="LM steps: text-to-image + modality decision + captioning each step (default: the recipe's).")] = None,
+    reuse_image_stages: Annotated[Path | None, typer.Option(
+        help="An earlier pretrain-janus output with the same VQ/vision recipe: load its VQ and vision encoder, run only the LM stage.")] = None,
 ) -> None:
     """Build and pre-train the tiny dual-to-dual Janus base (the shipped one: src/mmcl/assets/tiny-janus, about 20 min on one CPU thread).
 
@@ -134,7 +136,8 @@ def pretrain_janus(
     from mmcl.models.tiny_janus import JanusPretrainRecipe, pretrain_tiny_janus
 
     overrides = {k: v for k, v in {"vq_steps": vq_steps, "lm_steps": lm_steps}.items() if v is not None}
-    results = pretrain_tiny_janus(output, JanusPretrainRecipe(seed=seed, **overrides), log=console.print)
+    results = pretrain_tiny_janus(output, JanusPretrainRecipe(seed=seed, **overrides), log=console.print,
+                                  reuse_from=reuse_image_stages)
     out.print(json.dumps(results, indent=2, default=str))
 
 

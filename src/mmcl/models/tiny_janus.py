@@ -837,9 +837,59 @@ class JanusPretrainRecipe:
     cfg_scale: float = 1.5  # the recorded default CFG scale (best of a held-out sweep: 1.05 0.590, 1.5 0.593, 3.0 0.363)
 
 
-def pretrain_tiny_janus(out_dir: str | Path, recipe: JanusPretrainRecipe | None = None, log: Any = print) -> dict[str, Any]:
+# recipe fields that decide the stages before the LM stage (VQ, decoder fine-tune, vision warm-up)
+IMAGE_STAGE_FIELDS = ("seed", "size", "vq_steps", "vq_batch_size", "vq_lr", "vq_object_weight", "vq_canonical_frac",
+                      "vq_crop", "vq_crop_frac", "vq_warmup_frac", "decoder_steps", "decoder_lr", "vision_steps",
+                      "heldout_fraction")
+VQ_PREFIX = "model.vqmodel."
+VISION_PREFIX = "model.vision_model."
+VISION_WARMUP_FILE = "vision_warmup.safetensors"  # the understanding encoder as the warm-up left it
+
+
+def reuse_image_stages(model: Any, source: str | Path, recipe: JanusPretrainRecipe) -> dict[str, Any]:
+    """Load the VQ tokenizer/decoder (and the warmed-up understanding encoder, when saved) of an earlier
+    pre-training into ``model``, instead of training them again.
+
+    The LM stage keeps the VQ frozen, so the saved model's VQ is the VQ stage's result; the LM stage
+    does train the understanding encoder (captioning), so its warm-up state is read from
+    ``VISION_WARMUP_FILE`` and, when absent, the caller reruns the (seeded) warm-up. The LM weights
+    are never loaded: they stay at the seeded initial values. Refused, naming the field, unless
+    ``source``'s recorded recipe equals ``recipe`` on every field in ``IMAGE_STAGE_FIELDS``.
+    Returns the source's recorded results for the reused stages, ``image_stages_reused_from`` and
+    ``vision_warmup_reused`` (bool)."""
+    source = Path(source)
+    info_path = source / "pretrain_janus.json"
+    if not info_path.exists():
+        raise FileNotFoundError(f"{info_path}: no pretrain record; reuse needs a directory written by pretrain-janus")
+    info = json.loads(info_path.read_text())
+    mine = asdict(recipe)
+    for key in IMAGE_STAGE_FIELDS:
+        if info["recipe"].get(key) != mine[key]:
+            raise ValueError(f"{info_path}: recipe.{key} is {info['recipe'].get(key)!r}, this run has {mine[key]!r}; "
+                             "the VQ and vision stages cannot be reused")
+    from safetensors.torch import load_file
+
+    prefixes = [VQ_PREFIX]
+    state = {k: v for k, v in load_file(str(source / "model.safetensors")).items() if k.startswith(VQ_PREFIX)}
+    warm = source / VISION_WARMUP_FILE
+    if warm.exists():
+        state.update(load_file(str(warm)))
+        prefixes.append(VISION_PREFIX)
+    missing = [k for k in model.state_dict() if k.startswith(tuple(prefixes)) and k not in state]
+    if missing:
+        raise ValueError(f"{source}: lacks {len(missing)} image-stage tensors, e.g. {missing[0]}")
+    model.load_state_dict(state, strict=False)
+    kept = {k: v for k, v in info["results"].items()
+            if k.startswith(("vq_", "decoder_")) or (warm.exists() and k.startswith("vision_"))}
+    return {**kept, "image_stages_reused_from": str(source), "vision_warmup_reused": warm.exists()}
+
+
+def pretrain_tiny_janus(out_dir: str | Path, recipe: JanusPretrainRecipe | None = None, log: Any = print,
+                        reuse_from: str | Path | None = None) -> dict[str, Any]:
     """Build and pre-train the tiny Janus (deterministic from ``recipe.seed``); save it to ``out_dir``.
 
+    With ``reuse_from`` (an earlier output with the same image-stage recipe) the VQ and vision stages
+    are loaded instead of trained (:func:`reuse_image_stages`): only the LM stage runs.
     Returns (and writes as ``pretrain_janus.json``) the recipe and the measured results.
     """
     recipe = recipe or JanusPretrainRecipe()
@@ -851,20 +901,26 @@ def pretrain_tiny_janus(out_dir: str | Path, recipe: JanusPretrainRecipe | None 
     results: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()),
                                "image_tokens": recipe.size.num_image_tokens, "codebook": recipe.size.vq_codebook}
     train, held = heldout_split(recipe.seed, recipe.heldout_fraction)
-    results.update(train_vq(model, recipe.vq_steps, recipe.vq_batch_size, recipe.vq_lr, recipe.seed,
-                            object_weight=recipe.vq_object_weight, warmup_frac=recipe.vq_warmup_frac,
-                            crop=recipe.vq_crop, crop_frac=recipe.vq_crop_frac, canonical_scenes=train,
-                            canonical_frac=recipe.vq_canonical_frac, log=log))
-    if recipe.decoder_steps:
-        results.update(finetune_decoder(model, train, recipe.decoder_steps, recipe.vq_batch_size, recipe.decoder_lr,
-                                        recipe.seed, log=log))
-    results.update(vq_eval(model, 256, recipe.seed + 1))
-    results.update(vq_eval_canonical(model, held))
-    log(f"VQ held-out: {results}")
-    if recipe.vision_steps:  # captions alone do not teach the tiny ViT to see the object (see janus_vision)
+    if reuse_from is not None:
+        results.update(reuse_image_stages(model, reuse_from, recipe))
+        log(f"VQ stage{' and vision warm-up' if results['vision_warmup_reused'] else ''} taken from {reuse_from}")
+    else:
+        results.update(train_vq(model, recipe.vq_steps, recipe.vq_batch_size, recipe.vq_lr, recipe.seed,
+                                object_weight=recipe.vq_object_weight, warmup_frac=recipe.vq_warmup_frac,
+                                crop=recipe.vq_crop, crop_frac=recipe.vq_crop_frac, canonical_scenes=train,
+                                canonical_frac=recipe.vq_canonical_frac, log=log))
+        if recipe.decoder_steps:
+            results.update(finetune_decoder(model, train, recipe.decoder_steps, recipe.vq_batch_size,
+                                            recipe.decoder_lr, recipe.seed, log=log))
+        results.update(vq_eval(model, 256, recipe.seed + 1))
+        results.update(vq_eval_canonical(model, held))
+        log(f"VQ held-out: {results}")
+    if recipe.vision_steps and not results.get("vision_warmup_reused"):
+        # captions alone do not teach the tiny ViT to see the object (see janus_vision)
         from mmcl.models.janus_vision import warm_up_vision
 
         results.update(warm_up_vision(model, processor, recipe.vision_steps, seed=recipe.seed, log=log))
+    vision_warmup = {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(VISION_PREFIX)}
     results.update(train_lm(model, processor, train, recipe.lm_steps, recipe.lm_batch_size, recipe.lm_lr,
                             recipe.seed, recipe.uncond_prob, modality_weight=recipe.modality_weight,
                             object_token_weight=recipe.object_token_weight, log=log))
@@ -879,6 +935,9 @@ def pretrain_tiny_janus(out_dir: str | Path, recipe: JanusPretrainRecipe | None 
     results["heldout_captions"] = [s.caption() for s in held]
     log({k: v for k, v in results.items() if k != "heldout_captions"})
     save_tiny_janus(model, processor, out_dir)
+    from safetensors.torch import save_file
+
+    save_file(vision_warmup, str(Path(out_dir) / VISION_WARMUP_FILE))
     info = {"recipe": asdict(recipe), "results": results}
     (Path(out_dir) / "pretrain_janus.json").write_text(json.dumps(info, indent=2))
     return info
