@@ -532,8 +532,7 @@ def _make_split(
         rng = np.random.default_rng([*base, i])
         exists = empty = False
         if qtype == "existence":  # samples 2k and 2k+1: one yes, one no, in random order
-            pair_rng = np.random.default_rng([*base, _PAIR_TAG, i // 2])
-            coin = int(pair_rng.integers(2))
+            coin = int(np.random.default_rng([*base, _PAIR_TAG, i // 2]).integers(2))
             exists = (i % 2) == coin
             # which kind of "no": every other pair shows an empty scene under "mixed"
             empty = negatives == "empty" or (negatives == "mixed" and (i // 2) % 2 == 1)

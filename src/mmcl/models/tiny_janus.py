@@ -421,6 +421,14 @@ def vq_reconstruct(model: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torc
     return model.decode_image_tokens(codes).permute(0, 3, 1, 2), codes
 
 
+def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: Any) -> None:
+    """One update of the pre-training stages: backward, clip the gradient norm to 1, step."""
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
 @torch.no_grad()
 def _kmeans_codebook(vq: Any, images: torch.Tensor, g: torch.Generator, iters: int = 8) -> None:
     """Spherical k-means of the encoder's normalised latents -> the (unit) codebook."""
@@ -494,10 +502,7 @@ def train_vq(model: Any, steps: int, batch_size: int, lr: float, seed: int, rest
                 _kmeans_codebook(vq, pool[torch.randint(len(pool), (128,), generator=g)], g)
             rec, emb_loss, codes, z = vq_forward(vq, x)
         loss = (w * ((rec - x).abs() + (rec - x) ** 2)).mean() / w.mean() + emb_loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vq.parameters(), 1.0)
-        opt.step()
+        _optimizer_step(opt, loss, vq.parameters())
         if step % 50 == 0 or step == steps - 1:
             log(f"vq step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
         if step < warmup:
@@ -574,10 +579,7 @@ def finetune_decoder(model: Any, scenes: list[Scene], steps: int, batch_size: in
         codes = torch.cat([targets[pick[: batch_size // 2]], raw[pick[batch_size // 2:]]])
         rec = model.decode_image_tokens(codes).permute(0, 3, 1, 2)
         loss = ((rec - x[pick]).abs() + (rec - x[pick]) ** 2).mean()
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _optimizer_step(opt, loss, params)
         if step % 50 == 0 or step == steps - 1:
             log(f"decoder step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
     vq.eval()
@@ -784,10 +786,7 @@ def train_lm(model: Any, processor: Any, scenes: list[Scene], steps: int, batch_
         batch = _understanding_batch(processor, [images[j] for j in jdx], [captions[j] for j in jdx])
         l_i2t = model(**batch).loss
         loss = l_t2i + l_i2t + modality_weight * l_boi
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _optimizer_step(opt, loss, params)
         if step % 50 == 0 or step == steps - 1:
             log(f"lm step {step} t2i {l_t2i.item():.3f} i2t {l_i2t.item():.3f} boi {l_boi.item():.3f} ({time.time() - t0:.0f}s)")
     model.eval()
