@@ -245,3 +245,29 @@ def test_reuse_image_stages_loads_the_vq_and_the_warmed_up_encoder_only(janus_di
         tj.reuse_image_stages(model, src, tj.JanusPretrainRecipe(size=SMALL, vq_steps=7))
     with pytest.raises(FileNotFoundError, match="pretrain_janus.json"):
         tj.reuse_image_stages(model, tmp_path, recipe)
+
+
+def test_canonical_codes_and_encoder_alignment() -> None:
+    """One background code per colour, the object's 2 x 2 block the same at every position, and the
+    alignment stage moves ``encode`` toward those codes, training the encoder side only."""
+    torch.set_num_threads(1)
+    size = tj.TinyJanusSize(vision_hidden=32, vision_layers=1, vq_base_channels=32, vq_latent_channels=32,
+                            vq_codebook=64, text_hidden=64, text_layers=1, text_heads=2, text_intermediate=128)
+    model = tj.build_model(tj.build_tokenizer(size.vocab_size), size, seed=0)
+    scenes = [tj.Scene("circle", "red", p, b) for p in tj.POSITION_NAMES[:3] for b in ("white", "black")]
+    scenes += [tj.Scene("bar", "blue", tj.POSITION_NAMES[8], "gray")]
+    codes = tj.canonical_codes(model, scenes)
+    bg = tj.background_codes(model)
+    obj = tj._object_cells(model, scenes) > 0
+    assert obj.sum(1).tolist() == [4] * len(scenes)
+    for i, s in enumerate(scenes):
+        assert set(codes[i][~obj[i]].tolist()) == {bg[s.background]}
+    assert torch.equal(codes[0][obj[0]], codes[2][obj[2]])  # same object, other position: same block
+
+    vq = model.model.vqmodel
+    frozen = {k: v.clone() for k, v in vq.state_dict().items() if not k.startswith(("encoder.", "quant_conv."))}
+    before = tj.encode_agreement(model, scenes)
+    got = tj.align_encoder(model, scenes, steps=80, batch_size=8, lr=3e-3, seed=0, log=lambda m: None)
+    after = tj.encode_agreement(model, scenes)
+    assert after["all"] >= max(0.9, before["all"] + 0.2), (before, after, got)
+    assert all(torch.equal(vq.state_dict()[k], v) for k, v in frozen.items())
