@@ -174,10 +174,10 @@ ASSET = Path(tj.__file__).resolve().parent.parent / "assets" / "tiny-janus"
 
 def test_shipped_tiny_janus_generates_what_its_record_claims() -> None:
     """The shipped pre-trained asset loads and its recorded figures hold when re-measured here on 16
-    held-out captions with the shipped judge: the modality decision, position and background read
-    right (recorded 0.99 / 1.0), and a judge score near the recorded one. The issue's target (a
-    held-out judge score >= 0.8) is NOT reached: recorded 0.60 at CFG 1.5, with colour and shape
-    at chance (docs/continual-next.md); this test checks the record, not the target."""
+    held-out combinations with the shipped judge: the modality decision; ``encode`` returns the
+    LM's canonical targets (recorded 0.999 of the cells); the generated images read right for
+    colour, position and background (recorded 1.0 each; shape 0.65, the decoder's own ceiling);
+    a judge score near the recorded 0.91 (the target was 0.8); captions exactly right (recorded 1.0)."""
     import json
 
     from mmcl.eval.image_judge import default_judge_dir, evaluate_text_to_image
@@ -199,9 +199,11 @@ def test_shipped_tiny_janus_generates_what_its_record_claims() -> None:
     boi = processor.tokenizer.convert_tokens_to_ids("<begin_of_image>")
     first = tj.first_text_tokens(model, processor, [tj.generation_prompt(processor, s.caption()) for s in sub[:4]])
     assert first == [boi] * 4
-    assert got["per_attribute"]["position"] >= 0.9 and got["per_attribute"]["background"] >= 0.9, got
-    assert abs(got["t2i_score"] - res["judge_t2i_heldout"]["t2i_score"]) <= 0.15, got
-    assert res["caption_exact_match_heldout"] >= 0.3  # with the understanding warm-up (0.09 without)
+    assert all(got["per_attribute"][k] >= 0.9 for k in ("colour", "position", "background")), got
+    assert res["judge_t2i_heldout"]["t2i_score"] >= 0.8
+    assert abs(got["t2i_score"] - res["judge_t2i_heldout"]["t2i_score"]) <= 0.1, got
+    assert tj.encode_agreement(model, sub)["all"] >= 0.99
+    assert tj.caption_accuracy(model, processor, sub) >= 0.9
 
 
 

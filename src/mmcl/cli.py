@@ -129,7 +129,7 @@ def pretrain_janus(
     reuse_image_stages: Annotated[Path | None, typer.Option(
         help="An earlier pretrain-janus output with the same VQ/vision recipe: load its VQ and vision encoder, run only the LM stage.")] = None,
 ) -> None:
-    """Build and pre-train the tiny dual-to-dual Janus base (the shipped one: src/mmcl/assets/tiny-janus, about 20 min on one CPU thread).
+    """Build and pre-train the tiny dual-to-dual Janus base (the shipped one: src/mmcl/assets/tiny-janus, about 57 min on one CPU thread).
 
     Scores its generations with the image judge in src/mmcl/assets/image-judge when present.
     """

@@ -15,21 +15,22 @@ Total about 2.2 M parameters (VQ about 1 M, LM about 0.9 M). The pre-trained mod
 ``mmcl/assets/tiny-janus`` (its ``pretrain_janus.json`` holds the recipe and every measured
 figure), the image judge that scores it in ``mmcl/assets/image-judge``.
 
-Status (measured, seed 0, default recipe, one CPU thread, about 23 min = VQ 8.2 min + decoder
-fine-tune 1.5 min + understanding warm-up 2.7 min + LM 9.6 min + evaluation 0.3 min; the shipped
-asset reused the deterministic VQ stage of an identical earlier run). VQ held-out object-pixel
-MAE 0.106 on jittered scenes and 0.051 on canonical ones (was 0.31); the image judge (held-out
-accuracy shape 0.995, others 1.0) scores VQ reconstructions of the held-out canonical scenes
-0.946 (shape 0.79, colour 0.99, position 1.0, background 1.0) and the decoded canonical LM
-targets 0.905. Generation is NOT yet at target: the held-out text-to-image judge score is 0.60
-at CFG 1.5 (the recorded default; 0.59 at 1.05, 0.52 at 2, 0.36 at 3): position 0.99 and
-background 1.0, but colour 0.25 and shape 0.15, near chance (the LM does not yet bind the
-colour/shape words to the object's four codes; teacher-forced image loss 0.12/token, almost all
-of it on those four). The modality decision is learnt: the greedy first text token after every
-held-out generation prompt is ``<begin_of_image>`` (1.0) and after every caption question it is
-not (1.0). Understanding: with the encoder warm-up (:mod:`mmcl.models.janus_vision`, held-out
-linear read-out shape 0.90, others 1.0), held-out caption exact match 0.36 (train sample 0.45;
-colour, position and background always right, shape 0.36); without it 0.09.
+Status (measured, seed 0, default recipe, one CPU thread, 57 min = VQ 8.0 min + encoder alignment
+3.0 + decoder fine-tune 1.4 + understanding warm-up 2.5 + LM 41.4 + evaluation 0.6; the shipped
+asset is that run). ``encode`` of a held-out canonical scene returns the LM's image-token targets
+on 99.9 % of the cells (13 % before the alignment stage), so a stream's image answers are what
+the LM was pre-trained to generate. Held-out text-to-image (97 unseen combinations): the image
+judge (held-out accuracy shape 0.995, others 1.0) scores the generations 0.91 at CFG 1.05, 1.2
+and 1.5 (0.79 at 2, 0.39 at 3): colour, position and background 1.0, shape 0.65, which is
+exactly its score on the decoded target codes (the decoder's shape rendering is the limit, not
+the LM: the teacher-forced first object cell is right for every held-out prompt). The modality
+decision is learnt: the greedy first text token after every held-out generation prompt is
+``<begin_of_image>`` (1.0) and after every caption question it is not (1.0). Understanding:
+held-out caption exact match 1.0 (with the encoder warm-up, :mod:`mmcl.models.janus_vision`;
+0.09 without it on the earlier 900-step recipe). VQ: held-out object-pixel MAE 0.065 on canonical
+scenes, 0.152 on jittered ones (0.106 before the alignment, which fits the encoder to canonical
+renderings). The earlier 900-step recipe without the alignment scored 0.60 (colour 0.25, shape
+0.15): the colour/shape binding appears only after about 2,000 LM steps (docs/continual-next.md).
 
 Pre-training (:func:`pretrain_tiny_janus`, deterministic from ``seed``) uses its own synthetic
 scenes (:func:`draw_scene`): one generic shape (circle, square, triangle, diamond, bar, ring) in
