@@ -435,6 +435,17 @@ def _optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params: Any)
     opt.step()
 
 
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
+@torch.no_grad()
+def _encode_tokens(vq: Any, x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
+    """``vq.encode`` image tokens of ``x`` [B, 3, H, W] -> [B, cells], in chunks of ``chunk`` images."""
+    return torch.cat([vq.encode(x[i:i + chunk]).image_tokens.view(len(x[i:i + chunk]), -1) for i in range(0, len(x), chunk)])
+
+
 @torch.no_grad()
 def _kmeans_codebook(vq: Any, images: torch.Tensor, g: torch.Generator, iters: int = 8) -> None:
     """Spherical k-means of the encoder's normalised latents -> the (unit) codebook."""
@@ -498,8 +509,7 @@ def train_vq(model: Any, steps: int, batch_size: int, lr: float, seed: int, rest
             x = torch.stack([x[i, :, a:a + c, b:b + c] for i, (a, b) in enumerate(zip(jy.tolist(), jx.tolist(), strict=True))])
             w = torch.stack([w[i, :, a:a + c, b:b + c] for i, (a, b) in enumerate(zip(jy.tolist(), jx.tolist(), strict=True))])
         cur_lr = lr * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-        for group in opt.param_groups:
-            group["lr"] = cur_lr
+        _set_lr(opt, cur_lr)
         if step < warmup:  # plain auto-encoder on the normalised latents, no quantization
             z = F.normalize(vq.quant_conv(vq.encoder(x)), dim=1)
             rec, emb_loss = vq.decoder(vq.post_quant_conv(z)), torch.tensor(0.0)
@@ -582,7 +592,7 @@ def encode_agreement(model: Any, scenes: list[Scene]) -> dict[str, float]:
     vq = model.model.vqmodel
     target = canonical_codes(model, scenes)
     x = images_to_tensor([draw_scene(s) for s in scenes])
-    got = torch.cat([vq.encode(x[i:i + 128]).image_tokens.view(-1, target.shape[1]) for i in range(0, len(x), 128)])
+    got = _encode_tokens(vq, x)
     obj = _object_cells(model, scenes) > 0
     same = got == target
     return {"all": float(same.float().mean()), "object": float(same[obj].float().mean())}
@@ -618,8 +628,7 @@ def align_encoder(model: Any, scenes: list[Scene], steps: int, batch_size: int, 
     vq.encoder.train()
     t0, loss = time.time(), torch.tensor(0.0)
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        _set_lr(opt, lr * 0.5 * (1 + math.cos(math.pi * step / steps)))
         pick = torch.randint(len(x), (batch_size,), generator=g)
         z = F.normalize(vq.quant_conv(vq.encoder(x[pick])), dim=1)
         logits = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]) @ cb.T / temperature
@@ -637,19 +646,17 @@ def finetune_decoder(model: Any, scenes: list[Scene], steps: int, batch_size: in
     :func:`canonical_codes` of ``scenes`` (half of each batch) and their plain VQ codes (the other half)
     into the canonical renderings."""
     vq = model.model.vqmodel
-    n = model.config.vision_config.num_image_tokens
     x = images_to_tensor([draw_scene(s) for s in scenes])
     with torch.no_grad():
         targets = canonical_codes(model, scenes)
-        raw = torch.cat([vq.encode(x[i:i + 128]).image_tokens.view(-1, n) for i in range(0, len(x), 128)])
+        raw = _encode_tokens(vq, x)
     params = list(vq.post_quant_conv.parameters()) + list(vq.decoder.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(seed + 11)
     vq.decoder.train()
     t0, loss = time.time(), torch.tensor(0.0)
     for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        _set_lr(opt, lr * 0.5 * (1 + math.cos(math.pi * step / steps)))
         pick = torch.randint(len(x), (batch_size,), generator=g)
         codes = torch.cat([targets[pick[: batch_size // 2]], raw[pick[batch_size // 2:]]])
         rec = model.decode_image_tokens(codes).permute(0, 3, 1, 2)
@@ -870,8 +877,7 @@ def train_lm(model: Any, processor: Any, scenes: list[Scene], steps: int, batch_
     l_t2i = l_i2t = l_boi = torch.tensor(0.0)
     for step in range(steps):
         cur_lr = lr * min(1.0, (step + 1) / 30) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / steps)))
-        for group in opt.param_groups:
-            group["lr"] = cur_lr
+        _set_lr(opt, cur_lr)
         idx = torch.randint(len(scenes), (batch_size,), generator=g).tolist()
         ids, mask = _prompt_batch(processor, [captions[i] for i in idx])
         drop = torch.rand(batch_size, generator=g) < uncond_prob
