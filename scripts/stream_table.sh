@@ -11,6 +11,11 @@
 # A variant of a method is written VARIANT:METHOD (its runs are named VARIANT and grouped apart),
 # e.g. "mage-ew:mage" with MMCL_SET_mage_ew="method.gating=false method.aggregation=false".
 # At the end: mmcl compare (the README table), and mmcl compare --protocol msvqa for an MSVQA stream.
+#
+# KEEP_DIR=results/<table> keeps each finished run's results.json, config.yaml and matrix.csv in a
+# folder that is committed (OUT_DIR, with its checkpoints and predictions, is not), skips a run
+# already kept there, and compares the kept runs. A table that takes longer than one working
+# session is filled this way across sessions on machines whose run folders do not survive.
 set -euo pipefail
 out=${1:?OUT_DIR}; methods=${2:?methods}; seeds=${3:?seeds}; shift 3
 configs=("$@")
@@ -22,14 +27,18 @@ one() {  # method[:base method] seed
   local dir="$out/$variant-s$2" layer=() named=()
   [ -f "configs/$method.yaml" ] && layer=("configs/$method.yaml")
   [ "$variant" != "$method" ] && named=(--set name="$variant")
-  if [ -f "$dir/results.json" ] && grep -q '"complete": true' "$dir/checkpoint/manifest.json" 2>/dev/null; then
-    return 0
+  local kept=${KEEP_DIR:+$KEEP_DIR/$variant-s$2}
+  [ -n "$kept" ] && [ -f "$kept/results.json" ] && return 0
+  if ! { [ -f "$dir/results.json" ] && grep -q '"complete": true' "$dir/checkpoint/manifest.json" 2>/dev/null; }; then
+    local resume=() extra=() var="MMCL_SET_${variant//-/_}"
+    [ -f "$dir/config.yaml" ] && resume=(--resume)
+    for o in ${!var:-}; do extra+=(--set "$o"); done
+    mmcl run "${configs[@]}" "${layer[@]}" --set method.name="$method" --set seed="$2" --set train.num_threads=1 \
+      "${named[@]}" "${extra[@]}" --output "$dir" "${resume[@]}" > "$dir.log" 2>&1 || { echo "FAILED: $1 seed $2 (see $dir.log)"; return 0; }
   fi
-  local resume=() extra=() var="MMCL_SET_${variant//-/_}"
-  [ -f "$dir/config.yaml" ] && resume=(--resume)
-  for o in ${!var:-}; do extra+=(--set "$o"); done
-  mmcl run "${configs[@]}" "${layer[@]}" --set method.name="$method" --set seed="$2" --set train.num_threads=1 \
-    "${named[@]}" "${extra[@]}" --output "$dir" "${resume[@]}" > "$dir.log" 2>&1 || echo "FAILED: $1 seed $2 (see $dir.log)"
+  if [ -n "$kept" ]; then
+    mkdir -p "$kept" && cp "$dir/results.json" "$dir/config.yaml" "$dir/matrix.csv" "$kept/"
+  fi
 }
 
 jobs_list=()
@@ -40,10 +49,11 @@ for job in "${jobs_list[@]}"; do
   one $job &
 done
 wait
-mmcl compare "$out"/*-s*/ -o "$out/compare"
+runs=${KEEP_DIR:-$out}; cmp="$runs/compare"
+mmcl compare "$runs"/*-s*/ -o "$cmp"
 if grep -qs "continual-next" "${configs[@]}"; then  # Avg.ACC, Forgetting, New.ACC, Avg.HAL/IUF/OTH, transfer
-  mmcl compare "$out"/*-s*/ --protocol cnext -o "$out/compare"
+  mmcl compare "$runs"/*-s*/ --protocol cnext -o "$cmp"
 fi
 if [ ${#configs[@]} -eq 0 ] || grep -qs "msvqa" "${configs[@]}"; then  # the MSVQA protocol table (per scenario, VQA score and F1)
-  mmcl compare "$out"/*-s*/ --protocol msvqa -o "$out/compare"
+  mmcl compare "$runs"/*-s*/ --protocol msvqa -o "$cmp"
 fi
