@@ -16,19 +16,48 @@
 # folder that is committed (OUT_DIR, with its checkpoints and predictions, is not), skips a run
 # already kept there, and compares the kept runs. A table that takes longer than one working
 # session is filled this way across sessions on machines whose run folders do not survive.
+#
+#   KEEP_DIR=results/<table> scripts/stream_table.sh --park OUT_DIR
+#
+# parks every unfinished run of OUT_DIR before such a session ends: its process is paused while the
+# run folder (checkpoint, predictions, stage markers; not the report) is packed into
+# KEEP_DIR/partial/<run>.tar.gz, then let go on. The next table command with the same OUT_DIR and
+# KEEP_DIR unpacks a parked run whose folder is missing and resumes it from its last finished stage
+# (mmcl run --resume); the pack is deleted once the run is kept.
 set -euo pipefail
+export OMP_NUM_THREADS=1 TRANSFORMERS_VERBOSITY=error
+
+if [ "${1:-}" = "--park" ]; then
+  out=${2:?OUT_DIR}; : "${KEEP_DIR:?--park needs KEEP_DIR}"
+  mkdir -p "$KEEP_DIR/partial"
+  for dir in "$out"/*-s*/; do
+    dir=${dir%/}; name=${dir##*/}
+    { [ -f "$dir/config.yaml" ] && [ ! -f "$KEEP_DIR/$name/results.json" ]; } || continue
+    pids=$(pgrep -f -- "--output $dir( |\$)" || true)
+    # shellcheck disable=SC2086
+    [ -z "$pids" ] || kill -STOP $pids
+    tar czf "$KEEP_DIR/partial/$name.tar.gz.part" -C "$out" \
+      --exclude="$name/report*" --exclude="$name/heatmap-*" "$name"
+    mv "$KEEP_DIR/partial/$name.tar.gz.part" "$KEEP_DIR/partial/$name.tar.gz"
+    # shellcheck disable=SC2086
+    [ -z "$pids" ] || kill -CONT $pids
+    echo "parked $dir -> $KEEP_DIR/partial/$name.tar.gz"
+  done
+  exit 0
+fi
+
 out=${1:?OUT_DIR}; methods=${2:?methods}; seeds=${3:?seeds}; shift 3
 configs=("$@")
 mkdir -p "$out"
-export OMP_NUM_THREADS=1 TRANSFORMERS_VERBOSITY=error
 
 one() {  # method[:base method] seed
   local variant=${1%%:*} method=${1##*:}
   local dir="$out/$variant-s$2" layer=() named=()
   [ -f "configs/$method.yaml" ] && layer=("configs/$method.yaml")
   [ "$variant" != "$method" ] && named=(--set name="$variant")
-  local kept=${KEEP_DIR:+$KEEP_DIR/$variant-s$2}
+  local kept=${KEEP_DIR:+$KEEP_DIR/$variant-s$2} parked=${KEEP_DIR:+$KEEP_DIR/partial/$variant-s$2.tar.gz}
   [ -n "$kept" ] && [ -f "$kept/results.json" ] && return 0
+  if [ -n "$parked" ] && [ -f "$parked" ] && [ ! -d "$dir" ]; then tar xzf "$parked" -C "$out"; fi
   if ! { [ -f "$dir/results.json" ] && grep -q '"complete": true' "$dir/checkpoint/manifest.json" 2>/dev/null; }; then
     local resume=() extra=() var="MMCL_SET_${variant//-/_}"
     [ -f "$dir/config.yaml" ] && resume=(--resume)
@@ -38,6 +67,7 @@ one() {  # method[:base method] seed
   fi
   if [ -n "$kept" ]; then
     mkdir -p "$kept" && cp "$dir/results.json" "$dir/config.yaml" "$dir/matrix.csv" "$kept/"
+    rm -f "$parked"
   fi
 }
 

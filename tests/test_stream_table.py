@@ -7,22 +7,32 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _table(out: Path, keep: Path, config: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, KEEP_DIR=str(keep), PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run(
-        ["bash", "scripts/stream_table.sh", str(out), "zero-shot", "0 1", str(config)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
+def _script(*args: str, keep: Path | None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("KEEP_DIR", None)
+    if keep is not None:
+        env["KEEP_DIR"] = str(keep)
+    done = subprocess.run(["bash", "scripts/stream_table.sh", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
 
 
-def test_kept_runs_survive_a_wiped_run_folder(tiny_llava_dir: Path, tmp_path: Path) -> None:
+def _table(out: Path, keep: Path | None, config: Path, seeds: str = "0 1") -> subprocess.CompletedProcess[str]:
+    return _script(str(out), "zero-shot", seeds, str(config), keep=keep)
+
+
+@pytest.fixture
+def small_config(tiny_llava_dir: Path, tmp_path: Path) -> Path:
     config = tmp_path / "small.yaml"
     config.write_text(yaml.safe_dump({
         "name": "small",
@@ -31,9 +41,13 @@ def test_kept_runs_survive_a_wiped_run_folder(tiny_llava_dir: Path, tmp_path: Pa
         "eval": {"max_new_tokens": 4},
         "output": {"report": False},
     }))
+    return config
+
+
+def test_kept_runs_survive_a_wiped_run_folder(small_config: Path, tmp_path: Path) -> None:
+    config = small_config
     out, keep = tmp_path / "runs", tmp_path / "results"
-    first = _table(out, keep, config)
-    assert first.returncode == 0, first.stdout + first.stderr
+    _table(out, keep, config)
     for seed in (0, 1):
         kept = keep / f"zero-shot-s{seed}"
         assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "matrix.csv", "results.json"]
@@ -44,7 +58,27 @@ def test_kept_runs_survive_a_wiped_run_folder(tiny_llava_dir: Path, tmp_path: Pa
     # A later session: the run folder is gone, the kept runs are not; nothing is run again.
     shutil.rmtree(out)
     before = (keep / "zero-shot-s0" / "results.json").stat().st_mtime_ns
-    again = _table(out, keep, config)
-    assert again.returncode == 0, again.stdout + again.stderr
+    _table(out, keep, config)
     assert not list(out.glob("*-s*")), "a kept run was run again"
     assert (keep / "zero-shot-s0" / "results.json").stat().st_mtime_ns == before
+
+
+def test_parked_runs_are_unpacked_and_continued(small_config: Path, tmp_path: Path) -> None:
+    out, keep = tmp_path / "runs", tmp_path / "results"
+    _table(out, None, small_config, seeds="0")  # finished in OUT_DIR, not kept
+    parked = _script("--park", str(out), keep=keep)
+    pack = keep / "partial" / "zero-shot-s0.tar.gz"
+    assert f"parked {out}/zero-shot-s0" in parked.stdout
+    with tarfile.open(pack) as tar:
+        names = tar.getnames()
+    assert "zero-shot-s0/checkpoint/manifest.json" in names and "zero-shot-s0/config.yaml" in names
+    assert not [n for n in names if "/report" in n or "/heatmap-" in n]
+
+    # The next session: no run folder; the pack is unpacked, the run is found complete, kept, and
+    # the pack deleted, without running the model again (no new log).
+    shutil.rmtree(out)
+    _table(out, keep, small_config, seeds="0")
+    assert (keep / "zero-shot-s0" / "results.json").is_file()
+    assert (out / "zero-shot-s0" / "checkpoint" / "manifest.json").is_file()
+    assert not (out / "zero-shot-s0.log").exists()
+    assert not pack.exists()
