@@ -44,26 +44,8 @@ def small_config(tiny_llava_dir: Path, tmp_path: Path) -> Path:
     return config
 
 
-def test_kept_runs_survive_a_wiped_run_folder(small_config: Path, tmp_path: Path) -> None:
-    config = small_config
-    out, keep = tmp_path / "runs", tmp_path / "results"
-    _table(out, keep, config)
-    for seed in (0, 1):
-        kept = keep / f"zero-shot-s{seed}"
-        assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "matrix.csv", "results.json"]
-        assert json.loads((kept / "results.json").read_text())["tasks"]
-        assert yaml.safe_load((kept / "config.yaml").read_text())["seed"] == seed
-    assert (keep / "compare" / "compare.md").is_file()  # the table is made from the kept runs
-
-    # A later session: the run folder is gone, the kept runs are not; nothing is run again.
-    shutil.rmtree(out)
-    before = (keep / "zero-shot-s0" / "results.json").stat().st_mtime_ns
-    _table(out, keep, config)
-    assert not list(out.glob("*-s*")), "a kept run was run again"
-    assert (keep / "zero-shot-s0" / "results.json").stat().st_mtime_ns == before
-
-
-def test_parked_runs_are_unpacked_and_continued(small_config: Path, tmp_path: Path) -> None:
+def test_a_table_across_sessions(small_config: Path, tmp_path: Path) -> None:
+    """Session 1 parks an unkept run; session 2 unpacks and keeps it and runs the rest; session 3 reruns nothing."""
     out, keep = tmp_path / "runs", tmp_path / "results"
     _table(out, None, small_config, seeds="0")  # finished in OUT_DIR, not kept
     parked = _script("--park", str(out), keep=keep)
@@ -74,11 +56,22 @@ def test_parked_runs_are_unpacked_and_continued(small_config: Path, tmp_path: Pa
     assert "zero-shot-s0/checkpoint/manifest.json" in names and "zero-shot-s0/config.yaml" in names
     assert not [n for n in names if "/report" in n or "/heatmap-" in n]
 
-    # The next session: no run folder; the pack is unpacked, the run is found complete, kept, and
-    # the pack deleted, without running the model again (no new log).
+    # Session 2: no run folder. Seed 0 is unpacked, found complete and kept without running the
+    # model again (no log), its pack deleted; seed 1 is run and kept; the table is made from KEEP_DIR.
     shutil.rmtree(out)
-    _table(out, keep, small_config, seeds="0")
-    assert (keep / "zero-shot-s0" / "results.json").is_file()
-    assert (out / "zero-shot-s0" / "checkpoint" / "manifest.json").is_file()
-    assert not (out / "zero-shot-s0.log").exists()
+    _table(out, keep, small_config)
+    assert not (out / "zero-shot-s0.log").exists() and (out / "zero-shot-s1.log").exists()
     assert not pack.exists()
+    for seed in (0, 1):
+        kept = keep / f"zero-shot-s{seed}"
+        assert sorted(p.name for p in kept.iterdir()) == ["config.yaml", "matrix.csv", "results.json"]
+        assert json.loads((kept / "results.json").read_text())["tasks"]
+        assert yaml.safe_load((kept / "config.yaml").read_text())["seed"] == seed
+    assert (keep / "compare" / "compare.md").is_file()
+
+    # Session 3: the run folder is gone again, the kept runs are not; nothing is run again.
+    shutil.rmtree(out)
+    before = (keep / "zero-shot-s1" / "results.json").stat().st_mtime_ns
+    _table(out, keep, small_config)
+    assert not list(out.glob("*-s*")), "a kept run was run again"
+    assert (keep / "zero-shot-s1" / "results.json").stat().st_mtime_ns == before
