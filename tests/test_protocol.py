@@ -233,14 +233,14 @@ def test_cli_compare_protocol(tmp_path: Path) -> None:
     assert "Comparison (msvqa protocol)" in result.output
     md = (out / "protocol-msvqa.md").read_text()
     assert (
-        "| name | method | seeds | scope | last VQA | last F1 | average VQA | average F1 | forgetting VQA |"
+        "| name | method | seeds | scope | last VQA | last F1 | average VQA | average F1 | forgetting VQA | forgetting F1 |"
         in md
     )
     assert (
-        "| msvqa-toy | lora-ft | 2 | overall | 60.0 ± 14.1 | 52.5 ± 0.0 | 65.0 ± 2.8 | 66.8 ± 0.0 | 25.0 ± 14.1 |"
+        "| msvqa-toy | lora-ft | 2 | overall | 60.0 ± 14.1 | 52.5 ± 0.0 | 65.0 ± 2.8 | 66.8 ± 0.0 | 25.0 ± 14.1 | 30.0 ± 0.0 |"
         in md
     )
-    assert "| msvqa-toy | lora-ft | 2 | indoor | – | – | – | – | – |" in md
+    assert "| msvqa-toy | lora-ft | 2 | indoor | – | – | – | – | – | – |" in md
     data = json.loads((out / "protocol-msvqa.json").read_text())
     assert data["groups"][0]["scopes"]["underwater"]["last_vqa"]["mean"] == pytest.approx(0.7)
     bad = CliRunner().invoke(app, ["compare", str(runs[0]), "--protocol", "coin"])

@@ -58,7 +58,7 @@ PROTOCOL_LABELS = {
     "forgetting_vqa": "forgetting VQA",
     "forgetting_f1": "forgetting F1",
 }
-COMPARE_KEYS = ("last_vqa", "last_f1", "average_vqa", "average_f1", "forgetting_vqa")
+COMPARE_KEYS = SUMMARY_KEYS
 """The columns of the ``mmcl compare --protocol msvqa`` table."""
 DEFINITIONS = (
     "VQA = the `vqa_score` track over the tasks that declare it; F1 = per task `box_f1` if declared "
@@ -324,7 +324,7 @@ def render_protocol_rich(cmp: ProtocolComparison) -> Table:
     """The protocol comparison as a ``rich`` table for the terminal (short headers, short legend)."""
     caption = "\n".join([_legend(cmp, definitions=False), *cmp.notes])
     table = Table(title=f"Comparison ({cmp.protocol} protocol)", caption=caption)
-    short = {"seeds": "n", "average VQA": "avg VQA", "average F1": "avg F1", "forgetting VQA": "forget VQA"}
+    short = {"seeds": "n", "average VQA": "avg VQA", "average F1": "avg F1", "forgetting VQA": "forget VQA", "forgetting F1": "forget F1"}
     for i, h in enumerate(_header()):
         text = i in (0, 1, 3)
         table.add_column(short.get(h, h), justify="left" if text else "right", overflow="fold", min_width=4)
