@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import quick_overrides
 from typer.testing import CliRunner
 
@@ -43,6 +44,10 @@ def test_outputs_and_full_matrix(lora_run: tuple[Path, dict]) -> None:
     assert len(res["zero_shot"]["primary"]) == T
     cost = res["cost"]
     assert cost["trainable_params"] > 0 and cost["train_seconds"] > 0 and cost["peak_memory_mb"] > 0
+    # the CPU is recorded (its kernels decide the last float bits), per stage too: a resume may change machine
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert res["host"]["cpu_capability"] == capability and res["host"]["cpu"]
+    assert all(capability in s["cpu"] and s["cpu"].endswith("threads") for s in res["stage_stats"])
     for stage in ("zero-shot", "stage-01", "stage-02", "stage-03"):
         for task in res["tasks"]:
             rows = [json.loads(x) for x in (out / "predictions" / stage / f"{task}.jsonl").read_text().splitlines()]

@@ -74,6 +74,7 @@ from torch.utils.data import DataLoader
 import mmcl
 from mmcl.data.sample import Benchmark, Task
 from mmcl.methods.base import Method
+from mmcl.utils.host import host_info
 
 TARGETS = {"train.ratio_vs_plain": 1.0, "train.mfu": 0.5, "eval.ratio_vs_per_sample": 5.0}
 EVAL_TASKS = ("high-altitude.counting", "indoor.grounding")  # short (4-token) and long (24-token) answers
@@ -684,11 +685,9 @@ def _run_parts(s: BenchSettings, log: Log) -> dict[str, Any]:
     results: dict[str, Any] = {
         "meta": {
             "mmcl_version": mmcl.__version__,
-            "torch": torch.__version__,
+            **host_info(),
             "python": platform.python_version(),
             "machine": platform.machine(),
-            "hostname": platform.node(),
-            "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "device": "cpu",
             "model": "preset:tiny-llava",

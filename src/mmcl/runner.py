@@ -26,7 +26,6 @@ others, so that no process waits forever on one that failed. Other processes pri
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import resource
@@ -60,6 +59,7 @@ from mmcl.report.continual_next import continual_next_summary, modality_pair
 from mmcl.report.results import compute_track_metrics
 from mmcl.train.encode import Encoded, Encoder
 from mmcl.train.loop import TrainStats, num_update_steps, train_on
+from mmcl.utils.host import cpu_signature, host_info
 from mmcl.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 PRIMARY = "primary"
@@ -480,6 +480,7 @@ class Runner:
                 "task": label or task.name,
                 **_pass_stats(stats, len(encoded)),
                 "trainable_params": count_trainable(self.method.model),
+                "cpu": cpu_signature(),
                 **({"extra_training": self._extra_stats} if self._extra_stats else {}),
             }
         )
@@ -672,7 +673,7 @@ class Runner:
             "cost": cost,
             "stage_stats": state.stage_stats,
             "stages_complete": len(state.stage_stats),
-            "host": {"hostname": os.uname().nodename, "torch": torch.__version__},
+            "host": host_info(),
         }
         pairs = [modality_pair(t) for t in tasks]
         if any(p is not None for p in pairs):  # Continual-NExT-style streams declare each task's modalities
