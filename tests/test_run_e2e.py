@@ -83,6 +83,7 @@ def test_joint_and_zero_shot_schedules(tiny_llava_dir: Path, tmp_path: Path) -> 
     zs = _run(tmp_path / "zs", tiny_llava_dir, "method.name=zero-shot")
     assert zs["matrix"]["primary"] == [zs["zero_shot"]["primary"]]
     assert zs["cost"]["train_seconds"] == 0
+    assert zs["cost"]["trainable_params"] == 0 < zs["cost"]["total_params"]
 
 
 def test_cli_dry_run_writes_nothing(tiny_llava_dir: Path, tmp_path: Path) -> None:

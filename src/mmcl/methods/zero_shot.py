@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from mmcl.methods.base import METHODS, Method, MethodOptions
 
 
@@ -17,3 +19,8 @@ class ZeroShot(Method):
     Options = ZeroShotOptions
     schedule = "none"
     supports = frozenset({"ddp", "fsdp", "zero1", "zero2", "zero3"})
+
+    def setup(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Freeze every weight: nothing is trained, so the cost reports 0 trainable parameters."""
+        model.requires_grad_(False)
+        return super().setup(model)
