@@ -10,7 +10,7 @@
 #   MMCL_SET_mr_lora="method.router_epochs=10" scripts/stream_table.sh ...
 # A variant of a method is written VARIANT:METHOD (its runs are named VARIANT and grouped apart),
 # e.g. "mage-ew:mage" with MMCL_SET_mage_ew="method.gating=false method.aggregation=false".
-# At the end: mmcl compare (the README table), and mmcl compare --protocol msvqa for an MSVQA stream.
+# At the end: mmcl compare (the table of docs/results-*.md), and mmcl compare --protocol msvqa for an MSVQA stream.
 #
 # KEEP_DIR=results/<table> keeps each finished run's results.json, config.yaml and matrix.csv in a
 # folder that is committed (OUT_DIR, with its checkpoints and predictions, is not), skips a run

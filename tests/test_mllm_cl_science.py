@@ -2,7 +2,7 @@
 
 `configs/mllm-acl-quick.yaml` (OCR -> Math -> VP -> GUI, shifted test splits) trained with the
 shipped tiny base must show: zero-shot poor; sequential plain LoRA learns each ability at its
-own stage and forgets it afterwards. Joint training (the upper bound) is measured in the README
+own stage and forgets it afterwards. Joint training (the upper bound) is measured in docs/results-mllm-cl.md
 table (3 seeds) and not re-run here, to keep the suite short. The thresholds leave a margin under the figures measured on 2 CPU cores
 (OMP_NUM_THREADS=1), written below. The ability stream is the cheaper of the two (4 tasks);
 the domain stream (`configs/mllm-dcl-quick.yaml`) was measured by hand, see

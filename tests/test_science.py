@@ -4,7 +4,7 @@
 question in different scenarios) trained with the shipped tiny base must show the three properties the Foundation issue
 asks for: jointly trained the model learns every task; zero-shot it is poor; trained
 sequentially with plain LoRA it forgets. The thresholds leave a margin under the figures
-measured on 2 CPU cores and stated in the README ("Results on the embedded default").
+measured on 2 CPU cores and stated in docs/results-msvqa-synth.md.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ VISION_KEYS = ("pixel_values", "image_grid_thw", "image_sizes")
 
 
 class UnifierOptions(MethodOptions):
-    """Options of ``unifier`` (defaults: see the README's UNIFIER section for the sweep)."""
+    """Options of ``unifier`` (defaults: see docs/unifier-quad.md for the sweep)."""
 
     bottleneck: int = Field(16, ge=1, description="Width of each branch's down-projection.")
     scale: float = Field(1.0, gt=0.0, description="Multiplier of P's output added to the block.")
