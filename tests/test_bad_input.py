@@ -336,7 +336,7 @@ def test_unknown_names_list_the_valid_ones(
 def test_unknown_scorer_when_rescoring(tiny_llava_dir: Path, tmp_path: Path) -> None:
     code, text = invoke(["rescore", str(tmp_path), "--scorer", "exact"], "rescore unknown scorer")
     assert code == 2
-    assert "unknown scorer 'exact'. Did you mean 'exact_match'? Valid scorers: box_f1, cnext_edit, cnext_grounding" in text
+    assert "unknown scorer 'exact'. Did you mean 'exact_match'? Valid scorers: box_f1, chartqa_relaxed, cnext_edit, cnext_grounding" in text
 
 
 def test_unknown_config_key_names_it_and_suggests(tiny_llava_dir: Path, tmp_path: Path) -> None:

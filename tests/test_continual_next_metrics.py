@@ -11,10 +11,10 @@ from mmcl.eval.continual_next import (
     average_error_rates,
     classify_error,
     classify_sample,
-    cnext_grounding,
+    cnext_grounding_lenient,
     cnext_normalize,
-    cnext_ocrvqa,
-    cnext_text,
+    cnext_ocrvqa_lenient,
+    cnext_text_lenient,
     error_rates_by_stage,
     hallucinated_names,
     has_repeated_ngram,
@@ -31,8 +31,13 @@ from mmcl.report.cross_modal import cross_modal_transfer, format_cross_modal
 def test_cnext_scorers_registered() -> None:
     for name in ("cnext_text", "cnext_ocrvqa", "cnext_grounding"):
         assert name in SCORERS
+        assert f"{name}_lenient" in SCORERS
     assert score("cnext_text", "It is red.", ["red"]) == 1.0
-    assert score("cnext_grounding", "[0, 0, 10, 10]", ["[0, 0, 10, 10]"]) == 1.0
+    assert score("cnext_grounding_lenient", "[0, 0, 10, 10]", ["[0, 0, 10, 10]"]) == 1.0
+    # The official rules themselves are tested in tests/test_official_scorers.py.
+
+
+# The lenient variants keep mmcl's earlier rules (what cnext_* did before they became official).
 
 
 def test_cnext_normalize_lowercases_strips_and_drops_special_tokens() -> None:
@@ -58,20 +63,20 @@ def test_cnext_normalize_lowercases_strips_and_drops_special_tokens() -> None:
         ("   ", ["red"], 0.0),
     ],
 )
-def test_cnext_text(prediction: str, references: list[str], expected: float) -> None:
-    assert cnext_text(prediction, references) == expected
+def test_cnext_text_lenient(prediction: str, references: list[str], expected: float) -> None:
+    assert cnext_text_lenient(prediction, references) == expected
 
 
-def test_cnext_text_needs_a_reference() -> None:
+def test_cnext_text_lenient_needs_a_reference() -> None:
     with pytest.raises(ValueError, match="reference"):
-        cnext_text("red", [])
+        cnext_text_lenient("red", [])
 
 
-def test_cnext_ocrvqa_unanswerable_is_wrong() -> None:
-    assert cnext_ocrvqa("Harry Potter", ["harry potter"]) == 1.0
-    assert cnext_ocrvqa("Unanswerable", ["Unanswerable"]) == 0.0
-    assert cnext_ocrvqa("Harry Potter. Unanswerable", ["harry potter"]) == 0.0
-    assert cnext_ocrvqa("potter potter potter", ["harry potter"]) == 0.0
+def test_cnext_ocrvqa_lenient_unanswerable_is_wrong() -> None:
+    assert cnext_ocrvqa_lenient("Harry Potter", ["harry potter"]) == 1.0
+    assert cnext_ocrvqa_lenient("Unanswerable", ["Unanswerable"]) == 0.0
+    assert cnext_ocrvqa_lenient("Harry Potter. Unanswerable", ["harry potter"]) == 0.0
+    assert cnext_ocrvqa_lenient("potter potter potter", ["harry potter"]) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -87,13 +92,13 @@ def test_cnext_ocrvqa_unanswerable_is_wrong() -> None:
         ("[50, 50, 60, 60] [0, 0, 10, 10]", "[0, 0, 10, 10]", 0.0),  # only the first box counts
     ],
 )
-def test_cnext_grounding(prediction: str, reference: str, expected: float) -> None:
-    assert cnext_grounding(prediction, [reference]) == expected
+def test_cnext_grounding_lenient(prediction: str, reference: str, expected: float) -> None:
+    assert cnext_grounding_lenient(prediction, [reference]) == expected
 
 
-def test_cnext_grounding_reference_without_box_is_an_error() -> None:
+def test_cnext_grounding_lenient_reference_without_box_is_an_error() -> None:
     with pytest.raises(ValueError, match="no box"):
-        cnext_grounding("[0, 0, 1, 1]", ["circle"])
+        cnext_grounding_lenient("[0, 0, 1, 1]", ["circle"])
 
 
 def test_repetition_helpers() -> None:

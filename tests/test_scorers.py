@@ -30,8 +30,11 @@ VQA_REFS = ["2", "2", "two", "2", "2", "3", "2", "2", "2", "2"]
 
 def test_all_scorers_registered() -> None:
     core = ["exact_match", "vqa_score", "token_f1", "box_f1", "relaxed_numeric", "contains"]
+    core += ["vqa_score_normalized", "chartqa_relaxed"]
     mllm_cl = ["mllmcl_ai2d", "mllmcl_pvqa", "mllmcl_fin", "mllmcl_sci", "mllmcl_ocr", "mllmcl_cvbench"]
+    mllm_cl += ["mllmcl_ocr_strict", "mllmcl_cvbench_strict"]
     cnext = ["cnext_text", "cnext_ocrvqa", "cnext_grounding"]  # mmcl.eval.continual_next
+    cnext += ["cnext_text_lenient", "cnext_ocrvqa_lenient", "cnext_grounding_lenient"]
     cnext += ["cnext_t2i", "cnext_edit"]  # mmcl.eval.image_scorers
     assert SCORERS.names() == sorted(core + mllm_cl + cnext)  # mllmcl_*: mmcl.eval.mllm_cl_scorers
     assert get_scorer("vqa_score") is vqa_score

@@ -4,6 +4,13 @@
 score was "3" vs "3.0"?": every saved prediction is scored again, the per-task means
 fill ``matrix[scorer]`` (every task, declared or not: the user asked for this scorer),
 and results.json, matrix.csv and report.md are rewritten.
+
+Sample-aware scorers (``mllmcl_sci``, ``mllmcl_ocr``, ``mllmcl_ocr_strict``,
+``cnext_grounding``) read more than the answers: the image file name, the OCRBench category,
+the image size. The evaluator saves those with every prediction (``sample_meta``), and
+rescore rebuilds a sample from them. Predictions saved before that (no ``sample_meta``)
+cannot be rescored with these scorers: rescore stops with a DataError naming the file and
+field, and writes nothing.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcl.data.errors import DataError, DataProblem
-from mmcl.eval.scorers import Scorer, get_scorer
+from mmcl.eval.scorers import Scorer, call_scorer, get_scorer, needs_sample, sample_from_context
 from mmcl.report.markdown import write_report
 from mmcl.report.results import RESULTS_FILE, load_results, row_labels, track_metrics, write_matrix_csv
 from mmcl.utils.io import atomic_write_json, atomic_write_text
@@ -60,13 +67,35 @@ def _read_predictions(path: Path, problems: list[DataProblem]) -> list[dict[str,
 
 
 def _score_rows(rows: list[dict[str, Any]], scorer_name: str, fn: Scorer) -> float:
-    """Score each prediction line in place (``scores[scorer_name]``) and return the mean."""
+    """Score each prediction line in place (``scores[scorer_name]``) and return the mean.
+
+    A sample-aware scorer gets a sample rebuilt from the line (``sample_from_context``).
+    """
+    aware = needs_sample(fn)
     for row in rows:
         scores = row.get("scores")
         if not isinstance(scores, dict):
             scores = row["scores"] = {}
-        scores[scorer_name] = float(fn(row["prediction"], row["answers"]))
+        sample = sample_from_context(row) if aware else None
+        scores[scorer_name] = float(call_scorer(fn, row["prediction"], row["answers"], sample))
     return sum(r["scores"][scorer_name] for r in rows) / len(rows)
+
+
+def _check_sample_context(path: Path, rows: list[dict[str, Any]], scorer: str, problems: list[DataProblem]) -> None:
+    """A sample-aware scorer needs each line's ``sample_meta``; lines saved without it are problems."""
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row.get("sample_meta"), dict):
+            problems.append(
+                DataProblem(
+                    str(path),
+                    f"missing: scorer {scorer!r} reads the test sample (image file, OCRBench category or "
+                    "image size), which mmcl saves with each prediction only since sample-aware rescoring "
+                    "was added; re-run the evaluation to rescore with it",
+                    item=i,
+                    field="sample_meta",
+                )
+            )
+            return
 
 
 def rescore_run(run_dir: str | Path, scorer: str) -> dict[str, Any]:
@@ -124,7 +153,10 @@ def rescore_run(run_dir: str | Path, scorer: str) -> dict[str, Any]:
     loaded = []
     for t, j, stage in cells:
         path = pred_root / stage / f"{tasks[j]}.jsonl"
-        loaded.append((t, j, path, _read_predictions(path, problems)))
+        rows = _read_predictions(path, problems)
+        if needs_sample(fn):
+            _check_sample_context(path, rows, scorer, problems)
+        loaded.append((t, j, path, rows))
     if problems:
         raise DataError(problems)
 

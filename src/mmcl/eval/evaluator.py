@@ -12,7 +12,7 @@ import torch
 from mmcl.data.sample import Task
 from mmcl.eval.dual import DEFAULT_CFG_SCALE, ImageOutput, generate_dual_answers
 from mmcl.eval.generate import Shard, generate_answers
-from mmcl.eval.scorers import call_scorer, get_scorer
+from mmcl.eval.scorers import call_scorer, get_scorer, sample_context
 from mmcl.methods.base import Method
 from mmcl.train.encode import Encoded
 
@@ -29,7 +29,10 @@ class TaskResult:
 def score_predictions(task: Task, predictions: list[str]) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Score each prediction with every scorer the task declares; returns means and rows.
 
-    A sample-aware scorer (``mmcl.eval.scorers.sample_aware``) also gets the test Sample.
+    A sample-aware scorer (``mmcl.eval.scorers.sample_aware``) also gets the test Sample. Each
+    row keeps, under ``sample_meta``, what the registered sample-aware scorers read from the
+    sample (:func:`mmcl.eval.scorers.sample_context`: image file name, OCRBench category,
+    image size), so that ``mmcl rescore`` can use them later.
     """
     fns = {name: get_scorer(name) for name in task.scorers}
     rows = []
@@ -38,9 +41,11 @@ def score_predictions(task: Task, predictions: list[str]) -> tuple[dict[str, flo
         scores = {name: float(call_scorer(fn, pred, s.answers, s)) for name, fn in fns.items()}
         for k, v in scores.items():
             sums[k] += v
-        rows.append(
-            {"question_id": s.id, "question": s.question, "prediction": pred, "answers": s.answers, "scores": scores}
-        )
+        row = {"question_id": s.id, "question": s.question, "prediction": pred, "answers": s.answers, "scores": scores}
+        context = sample_context(s)
+        if context:  # what sample-aware scorers read, so that `mmcl rescore` can call them again
+            row["sample_meta"] = context
+        rows.append(row)
     n = max(1, len(task.test))
     means = {k: v / n for k, v in sums.items()}
     if not task.test:

@@ -29,14 +29,21 @@ scorer                    official file   rule (pred = prediction, gt = referenc
                                           newlines are removed and case is kept.
 ``mllmcl_cvbench``        eval_sat.py     VP (CV-Bench): both ``.lower().strip()`` with spaces,
                                           newlines and '.' removed, then ``gt in pred``.
+``mllmcl_ocr_strict``     (mmcl)          ``mllmcl_ocr`` + "Unanswerable" in pred scores 0.
+``mllmcl_cvbench_strict`` (mmcl)          ``mllmcl_cvbench`` + "Unanswerable" in pred scores 0.
 ========================  ==============  =====================================================
 
-Common to all of them:
+Source: bjzhb666/MLLM-CL at commit 80bf389 (the same files are in MCITlib). Every registered
+name above gives what its script gives, on every input.
 
-- A prediction containing ``"Unanswerable"`` (case-sensitive, as in the official scripts)
-  scores 0.0: the scripts ``continue`` on it but still count it in the total. (The copies
-  of eval_ocr.py and eval_sat.py that were read have no such check; the rule is applied to
-  every MLLM-CL scorer here so that all tasks treat a refusal the same way.)
+- ``mllmcl_ai2d``, ``mllmcl_pvqa``, ``mllmcl_fin`` and ``mllmcl_sci``: a prediction containing
+  ``"Unanswerable"`` (case-sensitive, as in the scripts) scores 0.0: the scripts ``continue``
+  on it but still count it in the total.
+- ``mllmcl_ocr`` and ``mllmcl_cvbench``: ``eval_ocr.py`` and ``eval_sat.py`` have **no** such
+  check, so "The word is Unanswerable hello" vs "hello" scores 1, and "Unanswerable" vs
+  "Unanswerable" scores 1. mmcl's ``mllmcl_ocr_strict`` and ``mllmcl_cvbench_strict`` add the
+  refusal rule of the other four scripts, so that every task treats a refusal the same way
+  (use them to judge a model; use the official names to compare with the paper).
 - With several references the score is the max over them (the official test files hold
   one answer, except OCRBench whose list is handled by ``eval_ocr.py``'s "any gt" rule,
   which is the same max).
@@ -48,12 +55,14 @@ Common to all of them:
   code: gt "alabama, texas" vs pred "alabama, texas" scores 1.0, but vs pred
   "alabama,texas" it scores 0.5 (" texas" is not an element of ["alabama", "texas"]).
 
-Sample-aware scorers (``mllmcl_sci``, ``mllmcl_ocr``) are marked with
+Sample-aware scorers (``mllmcl_sci``, ``mllmcl_ocr``, ``mllmcl_ocr_strict``) are marked with
 :func:`mmcl.eval.scorers.sample_aware`; :func:`mmcl.eval.evaluator.score_predictions` passes
 them the :class:`~mmcl.data.sample.Sample` as ``sample=``. They read ``sample.meta``:
 ``image_file`` (Sci; falls back to the file name of ``sample.image``) and ``answer_type``
 (OCR; a missing category gets the regular, case-insensitive rule), and ``sample.question``
-(Sci). Called without a sample they raise ValueError, since the rule cannot be chosen.
+(Sci). Called without a sample they raise ValueError, since the rule cannot be chosen. The
+evaluator saves ``image_file`` and ``answer_type`` with each prediction (``sample_meta``), so
+``mmcl rescore`` can use these scorers on runs made since.
 """
 
 from __future__ import annotations
@@ -68,7 +77,8 @@ if TYPE_CHECKING:
     from mmcl.data.sample import Sample
 
 UNANSWERABLE = "Unanswerable"
-"""A prediction containing this (case-sensitive) scores 0 with every MLLM-CL scorer."""
+"""A prediction containing this (case-sensitive) scores 0 with the MLLM-CL scorers whose script checks it
+(all but ``mllmcl_ocr`` and ``mllmcl_cvbench``), and with the ``*_strict`` variants."""
 
 SCI_EXACT_PREFIXES = ("AI2D", "TQA", "VQA", "SciVerse")
 """Sci image-name prefixes scored by exact match; any other prefix is MapQA."""
@@ -173,7 +183,7 @@ def sci_score_single(prediction: str, reference: str, image_file: str, question:
 
 
 @SCORERS.register("mllmcl_sci")
-@sample_aware
+@sample_aware(context=lambda s: {"image_file": sci_image_file(s)})
 def mllmcl_sci(prediction: str, references: Sequence[str], sample: Sample | None = None) -> float:
     """Sci rule of ``eval_sci.py``: exact match for AI2D/TQA/VQA/SciVerse images, MapQA rules otherwise.
 
@@ -210,12 +220,28 @@ def ocr_hit(prediction: str, references: Sequence[str], category: str) -> bool:
     return any(r.lower().strip().replace("\n", "") in pred for r in references)
 
 
+def _ocr_context(sample: Sample) -> dict[str, str]:
+    return {"answer_type": ocr_category(sample)}
+
+
 @SCORERS.register("mllmcl_ocr")
-@sample_aware
+@sample_aware(context=_ocr_context)
 def mllmcl_ocr(prediction: str, references: Sequence[str], sample: Sample | None = None) -> float:
-    """OCRBench rule of ``eval_ocr.py``; needs ``sample`` for its category (``meta['answer_type']``)."""
+    """OCRBench rule of ``eval_ocr.py``; needs ``sample`` for its category (``meta['answer_type']``).
+
+    As the official script: no "Unanswerable" rule (see ``mllmcl_ocr_strict``).
+    """
     refs = _as_refs(references)
     s = _need_sample("mllmcl_ocr", sample, "its OCRBench category, meta['answer_type']")
+    return float(ocr_hit(prediction, refs, ocr_category(s)))
+
+
+@SCORERS.register("mllmcl_ocr_strict")
+@sample_aware(context=_ocr_context)
+def mllmcl_ocr_strict(prediction: str, references: Sequence[str], sample: Sample | None = None) -> float:
+    """mmcl's variant of ``mllmcl_ocr``: a prediction containing "Unanswerable" scores 0."""
+    refs = _as_refs(references)
+    s = _need_sample("mllmcl_ocr_strict", sample, "its OCRBench category, meta['answer_type']")
     if _refused(prediction):
         return 0.0
     return float(ocr_hit(prediction, refs, ocr_category(s)))
@@ -232,9 +258,19 @@ def _cvbench_norm(text: str) -> str:
 
 @SCORERS.register("mllmcl_cvbench")
 def mllmcl_cvbench(prediction: str, references: Sequence[str]) -> float:
-    """VP (CV-Bench) rule of ``eval_sat.py``: drop spaces/newlines/'.', lowercase, reference in prediction."""
+    """VP (CV-Bench) rule of ``eval_sat.py``: drop spaces/newlines/'.', lowercase, reference in prediction.
+
+    As the official script: no "Unanswerable" rule (see ``mllmcl_cvbench_strict``).
+    """
+    refs = _as_refs(references)
+    pred = _cvbench_norm(prediction)
+    return max(float(_cvbench_norm(r) in pred) for r in refs)
+
+
+@SCORERS.register("mllmcl_cvbench_strict")
+def mllmcl_cvbench_strict(prediction: str, references: Sequence[str]) -> float:
+    """mmcl's variant of ``mllmcl_cvbench``: a prediction containing "Unanswerable" scores 0."""
     refs = _as_refs(references)
     if _refused(prediction):
         return 0.0
-    pred = _cvbench_norm(prediction)
-    return max(float(_cvbench_norm(r) in pred) for r in refs)
+    return mllmcl_cvbench(prediction, refs)

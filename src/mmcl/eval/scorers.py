@@ -9,25 +9,36 @@ Registered scorers:
 
 - ``exact_match``: normalised string equality, max over references. Strict:
   ``"3"`` vs ``"3.0"`` is a mismatch (use ``relaxed_numeric`` for numbers).
-- ``vqa_score``: the VQA-v2 accuracy (official answer normalisation and the
-  leave-one-out ``min(#humans/3, 1)`` rule; see :func:`vqa_score` for < 4 refs).
+- ``vqa_score``: the VQA-v2 accuracy exactly as the official ``vqaEval.py`` computes it for
+  questions with >= 4 human answers (VQA-v2 has 10), quirks included; with 1-3 answers
+  mmcl's ``#matches / N`` instead (see :func:`vqa_score`).
+- ``vqa_score_normalized``: mmcl's own variant: always normalise, every period stripped.
 - ``token_f1``: SQuAD-style bag-of-tokens F1, max over references.
 - ``box_f1``: grounding F1 over boxes matched one-to-one at IoU >= 0.5.
-- ``relaxed_numeric``: ChartQA-style relaxed accuracy (5 % relative tolerance),
-  falling back to ``exact_match`` for non-numbers.
+- ``relaxed_numeric``: mmcl's relaxed accuracy (5 % relative tolerance; reads "1,000",
+  "45%", "two"), falling back to ``exact_match`` for non-numbers.
+- ``chartqa_relaxed``: the ChartQA relaxed accuracy exactly as pix2struct's
+  ``relaxed_correctness`` computes it.
 - ``contains``: 1.0 if a normalised reference occurs, token-aligned, in the
   normalised prediction.
 - ``mllmcl_ai2d``, ``mllmcl_pvqa``, ``mllmcl_fin``, ``mllmcl_sci``, ``mllmcl_ocr``,
   ``mllmcl_cvbench``: the official MLLM-CL rules, in :mod:`mmcl.eval.mllm_cl_scorers`
   (imported at the bottom of this module, so :func:`get_scorer` finds them).
-- ``cnext_text``, ``cnext_ocrvqa``, ``cnext_grounding``: the Continual-NExT (MAGE) rules, in
-  :mod:`mmcl.eval.continual_next` (also imported at the bottom of this module).
+- ``cnext_text``, ``cnext_ocrvqa``, ``cnext_grounding``: the Continual-NExT (MAGE) rules, and their
+  ``*_lenient`` variants, in :mod:`mmcl.eval.continual_next` (also imported at the bottom).
+
+Names after an official script give exactly what that script gives (quirks included); mmcl's
+better-behaved variants have names of their own. ``docs/scorers.md`` lists which is which.
 
 Sample-aware scorers: a scorer that needs more than the answers (the image file name, a
-question category...) is marked with :func:`sample_aware` and has the signature
+question category, the image size...) is marked with :func:`sample_aware` and has the signature
 ``(prediction, references, sample=None) -> float``. :func:`call_scorer` (used by
 ``mmcl.eval.evaluator.score_predictions``) passes it the :class:`~mmcl.data.sample.Sample`
-as ``sample=``; plain scorers are still called as ``(prediction, references)``.
+as ``sample=``; plain scorers are still called as ``(prediction, references)``. Such a scorer
+may also declare (:func:`sample_aware`'s ``context=``) which entries of the sample it reads;
+:func:`sample_context` gathers them for every registered sample-aware scorer, the evaluator
+saves them with each prediction (``sample_meta``), and ``mmcl rescore`` rebuilds a sample
+from them (:func:`sample_from_context`).
 """
 
 from __future__ import annotations
@@ -64,18 +75,62 @@ def get_scorer(name: str) -> Scorer:
     return SCORERS.get(name)
 
 
-def sample_aware(fn: Callable[..., float]) -> Callable[..., float]:
+SampleContext = Callable[["Sample"], dict[str, Any]]
+"""What a sample-aware scorer reads from a sample, as JSON-able ``meta`` entries."""
+
+
+def sample_aware(
+    fn: Callable[..., float] | None = None, *, context: SampleContext | None = None
+) -> Any:
     """Mark ``fn`` as sample-aware: it is called as ``fn(prediction, references, sample=sample)``.
 
     Such a scorer must accept ``sample=None`` as a keyword (and may raise when it needs it).
-    Use it under the registration decorator::
+    ``context(sample)`` returns the ``meta`` entries the scorer reads (e.g.
+    ``{"answer_type": ...}``); they are saved with the predictions so that ``mmcl rescore``
+    can call the scorer again without the benchmark. The scorer must read them from
+    ``sample.meta`` first. Use it under the registration decorator::
 
         @SCORERS.register("my_scorer")
-        @sample_aware
+        @sample_aware(context=lambda s: {"category": s.meta.get("category", "")})
         def my_scorer(prediction, references, sample=None) -> float: ...
+
+    (``@sample_aware`` without arguments also works, for a scorer with no context to save.)
     """
-    fn.needs_sample = True  # type: ignore[attr-defined]
-    return fn
+
+    def mark(f: Callable[..., float]) -> Callable[..., float]:
+        f.needs_sample = True  # type: ignore[attr-defined]
+        f.sample_context = context  # type: ignore[attr-defined]
+        return f
+
+    return mark if fn is None else mark(fn)
+
+
+def sample_context(sample: Sample) -> dict[str, Any]:
+    """The ``meta`` entries every registered sample-aware scorer reads from ``sample`` (JSON-able).
+
+    Empty values ("" or None) are left out: a scorer reads a missing entry the same way.
+    """
+    out: dict[str, Any] = {}
+    for name in SCORERS.names():
+        ctx = getattr(SCORERS.get(name), "sample_context", None)
+        if ctx is not None:
+            out.update({k: v for k, v in ctx(sample).items() if v not in ("", None)})
+    return out
+
+
+def sample_from_context(row: dict[str, Any]) -> Sample:
+    """A :class:`~mmcl.data.sample.Sample` rebuilt from a saved prediction row (``sample_meta``).
+
+    It has the id, question and answers of the row and the saved context as ``meta``; no image.
+    """
+    from mmcl.data.sample import Sample
+
+    return Sample(
+        id=str(row.get("question_id", "")),
+        question=str(row.get("question", "")),
+        answers=list(row["answers"]),
+        meta=dict(row.get("sample_meta") or {}),
+    )
 
 
 def needs_sample(fn: Callable[..., Any]) -> bool:
@@ -206,17 +261,23 @@ _VQA_NUMBER_WORDS = {
 _VQA_PUNCT = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")  # fmt: skip
 # As in the official script. "(?!<=\d)" is a negative *lookahead* (a typo for a
 # lookbehind) and is always true at a ".", so this removes every "." that is not
-# followed by a digit: "yes." -> "yes", "2.5" stays.
-_VQA_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_VQA_COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
+# followed by a digit: "yes." -> "yes", "2.5" stays. The official script is Python 2 and
+# compiles these without re.UNICODE, so "\d" is an ASCII digit there: re.ASCII here.
+_VQA_PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)", re.ASCII)
+_VQA_COMMA_STRIP = re.compile(r"(\d)(,)(\d)", re.ASCII)
+
+VQA_OFFICIAL_MAX_PERIODS = int(re.UNICODE)
+"""The official ``processPunctuation`` passes ``re.UNICODE`` (= 32) as the ``count`` of its
+period substitution, so it removes at most the first 32 periods of an answer."""
 
 
-def _vqa_process_punctuation(text: str) -> str:
+def _vqa_process_punctuation(text: str, max_periods: int = 0) -> str:
     """``processPunctuation`` of vqaEval.py: drop or space out punctuation, strip periods.
 
     A punctuation mark is deleted when it touches a space somewhere in the text
     or when the text contains a digit-comma-digit ("1,000" -> "1000");
-    otherwise it is replaced by a space ("yes/no" -> "yes no").
+    otherwise it is replaced by a space ("yes/no" -> "yes no"). ``max_periods``
+    caps the periods removed (0: all of them; the official script: 32).
     """
     out = text
     has_digit_comma = _VQA_COMMA_STRIP.search(text) is not None
@@ -225,7 +286,7 @@ def _vqa_process_punctuation(text: str) -> str:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _VQA_PERIOD_STRIP.sub("", out)
+    return _VQA_PERIOD_STRIP.sub("", out, count=max_periods)
 
 
 def _vqa_process_digit_article(text: str) -> str:
@@ -235,40 +296,79 @@ def _vqa_process_digit_article(text: str) -> str:
     return " ".join(_VQA_CONTRACTIONS.get(w, w) for w in words)
 
 
-def vqa_normalize(text: str) -> str:
-    """Normalise an answer exactly as the official VQA evaluation does (punctuation, then digits/articles)."""
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return _vqa_process_digit_article(_vqa_process_punctuation(text))
+def _vqa_clean(text: str) -> str:
+    """What vqaEval.py does to every answer first: tabs and newlines to spaces, then ``strip()``."""
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
+def vqa_normalize(text: str, *, max_periods: int = 0) -> str:
+    """Normalise an answer as the official VQA evaluation does (punctuation, then digits/articles).
+
+    ``max_periods=0`` (default, mmcl's ``vqa_score_normalized``) strips every period;
+    :data:`VQA_OFFICIAL_MAX_PERIODS` reproduces the official script's cap of 32.
+    """
+    return _vqa_process_digit_article(_vqa_process_punctuation(_vqa_clean(text), max_periods))
+
+
+def _leave_one_out(pred: str, refs: list[str]) -> float:
+    """Mean over the N subsets that leave one reference out of ``min(#matches / 3, 1)``."""
+    n_match = sum(r == pred for r in refs)
+    # Leave reference i out: the others hold n_match minus (1 if ref i matched).
+    accs = [min(1.0, (n_match - (r == pred)) / 3.0) for r in refs]
+    return sum(accs) / len(refs)
+
+
+def _vqa_few_references(prediction: str, refs: list[str]) -> float:
+    """mmcl's rule for 1-3 references: normalised ``#matches / N``."""
+    pred = vqa_normalize(prediction)
+    return sum(vqa_normalize(r) == pred for r in refs) / len(refs)
 
 
 @SCORERS.register("vqa_score")
 def vqa_score(prediction: str, references: Sequence[str]) -> float:
-    """VQA-v2 accuracy of ``prediction`` against the human ``references``.
+    """VQA-v2 accuracy of ``prediction`` against the human ``references``, as ``vqaEval.py`` gives it.
 
-    Prediction and every reference are normalised with :func:`vqa_normalize`
-    (the official script skips reference normalisation when all references are
-    identical, because its ground truth is pre-normalised; we always normalise,
-    which only differs for un-normalised ground truth).
+    With N >= 4 references (VQA-v2 has 10) this is the official script
+    (GT-Vision-Lab/VQA ``vqaEval.py`` at a013f00), quirks included:
 
-    With N >= 4 references (VQA-v2 has 10) this is the official rule: for each
-    of the N leave-one-out subsets of N-1 references, ``min(#matches / 3, 1)``,
-    averaged over the N subsets. E.g. 10 refs of which 1 matches -> 0.3, 2 -> 0.6,
-    3 or more -> 1.0.
+    - every answer has tabs/newlines turned into spaces and is stripped;
+    - the answers and the prediction are normalised (:func:`vqa_normalize`) only when the
+      references are not all identical: with 10x "yes", "Yes" scores 0, "yes." scores 0,
+      and with 10x "2", "two" scores 0; with 10x "dog", "a dog" scores 0;
+    - the normalisation removes at most 32 periods (``re.UNICODE`` passed as ``count``) and
+      its ``\\d`` is ASCII (the script is Python 2);
+    - accuracy = mean over the N leave-one-out subsets of ``min(#matches / 3, 1)``: 10 refs of
+      which 1 matches -> 0.3, 2 -> 0.6, 3 or more -> 1.0.
 
-    With N <= 3 references the leave-one-out subsets hold at most 2 answers and
-    could never reach 3 matches, so a perfect answer would score at most 2/3.
-    There we use ``#matches / N`` (= ``min(#matches / min(3, N), 1)``): with one
+    With N <= 3 references this **departs from the official code on purpose**: there each
+    leave-one-out subset holds at most 2 answers, so the official rule can never reach 1 and
+    a question with one answer always scores 0 (whatever the prediction). mmcl uses
+    ``#matches / N`` on normalised answers (= :func:`vqa_score_normalized`): with one
     reference a match scores 1.0; with 2 references, one match scores 0.5.
     """
-    refs = [vqa_normalize(r) for r in _as_refs(references)]
-    pred = vqa_normalize(prediction)
-    n_match = sum(r == pred for r in refs)
-    n = len(refs)
-    if n <= 3:
-        return n_match / n
-    # Leave reference i out: the others hold n_match minus (1 if ref i matched).
-    accs = [min(1.0, (n_match - (r == pred)) / 3.0) for r in refs]
-    return sum(accs) / n
+    refs = [_vqa_clean(r) for r in _as_refs(references)]
+    if len(refs) <= 3:
+        return _vqa_few_references(prediction, refs)
+    pred = _vqa_clean(prediction)
+    if len(set(refs)) > 1:
+        refs = [vqa_normalize(r, max_periods=VQA_OFFICIAL_MAX_PERIODS) for r in refs]
+        pred = vqa_normalize(pred, max_periods=VQA_OFFICIAL_MAX_PERIODS)
+    return _leave_one_out(pred, refs)
+
+
+@SCORERS.register("vqa_score_normalized")
+def vqa_score_normalized(prediction: str, references: Sequence[str]) -> float:
+    """mmcl's VQA accuracy: :func:`vqa_score` without the official script's quirks.
+
+    Prediction and references are always normalised with :func:`vqa_normalize` (every period
+    removed), so "Yes" matches 10x "yes". N >= 4 references: the leave-one-out
+    ``min(#matches / 3, 1)`` rule; N <= 3: ``#matches / N``. Use it to judge a model; use
+    ``vqa_score`` to compare with a paper's VQA-v2 table.
+    """
+    refs = _as_refs(references)
+    if len(refs) <= 3:
+        return _vqa_few_references(prediction, refs)
+    return _leave_one_out(vqa_normalize(prediction), [vqa_normalize(r) for r in refs])
 
 
 # ---------------------------------------------------------------------------
@@ -480,10 +580,59 @@ def relaxed_numeric(prediction: str, references: Sequence[str]) -> float:
     When both strings parse with :func:`parse_number`, 1.0 if
     ``|pred - ref| <= 0.05 * |ref|`` (a reference of 0 needs exactly 0), so
     "3" vs "3.0" and "1,000" vs "1000" score 1.0. Otherwise falls back to
-    ``exact_match``. Unlike ChartQA's script, "45%" is read as 45, not 0.45.
-    Max over references.
+    ``exact_match``. Max over references.
+
+    mmcl's own rule, not the ChartQA script (that is ``chartqa_relaxed``): "45%" is read as
+    45 (pix2struct: 0.45), thousands commas and the words zero..twenty are read, a reference
+    of 0 accepts any way of writing 0 ("0.0"), and the fallback is the normalised
+    ``exact_match`` rather than a lower-cased comparison. Measured against pix2struct's rule on
+    450 generated cases it disagrees on 128 (percent signs, thousands commas, target 0, number
+    words): a documented choice, for judging a model; compare with a paper via ``chartqa_relaxed``.
     """
     return max(_relaxed_single(prediction, ref) for ref in _as_refs(references))
+
+
+# ---------------------------------------------------------------------------
+# chartqa_relaxed: pix2struct's relaxed_correctness
+# ---------------------------------------------------------------------------
+
+
+def _chartqa_number(text: str) -> float | None:
+    """A ChartQA answer as a float: ``float(text)``, or ``float(text without trailing '%') / 100``.
+
+    Python's ``float`` decides, so "1e3", "inf", "nan", " 7 ", "1_000" are numbers and
+    "1,000" or "$5" are not. None when it is not a number.
+    """
+    try:
+        if text.endswith("%"):
+            return float(text.rstrip("%")) / 100.0
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _chartqa_single(prediction: str, target: str) -> bool:
+    pred, ref = _chartqa_number(prediction), _chartqa_number(target)
+    if pred is not None and ref:  # a target of 0 (or unparsable) falls to the string test
+        return abs(pred - ref) / abs(ref) <= RELATIVE_TOLERANCE
+    return prediction.lower() == target.lower()
+
+
+@SCORERS.register("chartqa_relaxed")
+def chartqa_relaxed(prediction: str, references: Sequence[str]) -> float:
+    """ChartQA relaxed accuracy as pix2struct's ``relaxed_correctness`` gives it (max over references).
+
+    Official rule (google-research/pix2struct ``pix2struct/metrics.py`` at 945f27e), no
+    normalisation of the strings: when the prediction parses as a float and the target
+    parses as a *non-zero* float, correct when ``|pred - target| / |target| <= 0.05``;
+    otherwise correct when ``prediction.lower() == target.lower()``. Parsing is Python's
+    ``float``, after turning a trailing "%" into ``/ 100`` (so "45%" = 0.45 and "45%" vs
+    "45" is wrong). Consequences kept on purpose: target "0" needs the string "0" ("0.0"
+    is wrong); "1,000" is not a number (string test); target "1e3" accepts "1000"; "inf"
+    vs "inf" is wrong (inf - inf is nan) and so is anything vs "nan"; surrounding spaces
+    are ignored by the number test but not by the string test.
+    """
+    return max(float(_chartqa_single(prediction, ref)) for ref in _as_refs(references))
 
 
 # ---------------------------------------------------------------------------
