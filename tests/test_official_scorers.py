@@ -304,3 +304,27 @@ def test_rescore_without_saved_context_names_file_and_field(tmp_path: Path) -> N
     assert "g.jsonl" in msg and "sample_meta" in msg and "cnext_grounding" in msg
     assert (run / "results.json").read_text() == before
     assert rescore_run(run, "cnext_grounding_lenient")["matrix"]["cnext_grounding_lenient"] == [[1.0]]
+
+
+def test_rescore_only_the_tasks_a_scorer_applies_to(tmp_path: Path) -> None:
+    box_rows = score_predictions(
+        Task(name="g", train=[], test=[box_sample()], scorers=["cnext_grounding_lenient"]), ["[0.10, 0.20, 0.30, 0.40]"]
+    )[1]
+    run = _write_run(tmp_path, box_rows)
+    qa_rows = score_predictions(Task(name="qa", train=[], test=[Sample(id="q", question="q", answers=["red"])],
+                                     scorers=["exact_match"]), ["red"])[1]  # fmt: skip
+    assert qa_rows[0]["sample_meta"] == {}  # saved even when empty: the run is new enough to rescore
+    (run / "predictions" / "stage-01" / "qa.jsonl").write_text(json.dumps(qa_rows[0]) + "\n")
+    results = json.loads((run / "results.json").read_text())
+    results["tasks"] = ["g", "qa"]
+    results["matrix"] = {"primary": [[1.0, 1.0]]}
+    (run / "results.json").write_text(json.dumps(results))
+    before = (run / "results.json").read_text()
+    with pytest.raises(ValueError, match="cannot score task 'qa'.*--task"):
+        rescore_run(run, "cnext_grounding")
+    assert (run / "results.json").read_text() == before
+    assert "\"cnext_grounding\"" not in (run / "predictions" / "stage-01" / "g.jsonl").read_text()  # nothing written
+    out = rescore_run(run, "cnext_grounding", tasks=["g"])
+    assert out["matrix"]["cnext_grounding"] == [[1.0, None]]
+    with pytest.raises(ValueError, match="unknown task"):
+        rescore_run(run, "cnext_grounding", tasks=["nope"])

@@ -145,13 +145,17 @@ def pretrain_janus(
 def rescore(
     run_dir: Path,
     scorer: Annotated[str, typer.Option("--scorer", help="Scorer name, e.g. relaxed_numeric.")],
+    task: Annotated[
+        list[str] | None,
+        typer.Option("--task", help="Rescore only this task (repeatable); the track is null elsewhere. Default: every task."),
+    ] = None,
 ) -> None:
     """Recompute a run's matrices and metrics from its saved predictions with another scorer."""
     from mmcl.registry import UnknownNameError
     from mmcl.rescore import rescore_run
 
     try:
-        results = rescore_run(run_dir, scorer)
+        results = rescore_run(run_dir, scorer, tasks=task or None)
     except (UnknownNameError, ValueError, OSError) as e:
         _fail(str(e))
     m = results["metrics"][scorer]

@@ -10,12 +10,15 @@ Sample-aware scorers (``mllmcl_sci``, ``mllmcl_ocr``, ``mllmcl_ocr_strict``,
 the image size. The evaluator saves those with every prediction (``sample_meta``), and
 rescore rebuilds a sample from them. Predictions saved before that (no ``sample_meta``)
 cannot be rescored with these scorers: rescore stops with a DataError naming the file and
-field, and writes nothing.
+field, and writes nothing. A scorer that only applies to some tasks (``cnext_grounding`` needs
+boxes and an image) is restricted with ``tasks`` (``--task`` on the command line); a task it
+cannot read stops the rescore, naming task, file and line, before anything is written.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +69,26 @@ def _read_predictions(path: Path, problems: list[DataProblem]) -> list[dict[str,
     return rows
 
 
-def _score_rows(rows: list[dict[str, Any]], scorer_name: str, fn: Scorer) -> float:
+def _score_rows(rows: list[dict[str, Any]], scorer_name: str, fn: Scorer, path: Path, task: str) -> float:
     """Score each prediction line in place (``scores[scorer_name]``) and return the mean.
 
-    A sample-aware scorer gets a sample rebuilt from the line (``sample_from_context``).
+    A sample-aware scorer gets a sample rebuilt from the line (``sample_from_context``). A
+    scorer that cannot read a line (e.g. a box scorer on a task without boxes) raises a
+    ValueError naming the task, the file and the line.
     """
     aware = needs_sample(fn)
-    for row in rows:
+    for i, row in enumerate(rows, 1):
         scores = row.get("scores")
         if not isinstance(scores, dict):
             scores = row["scores"] = {}
         sample = sample_from_context(row) if aware else None
-        scores[scorer_name] = float(call_scorer(fn, row["prediction"], row["answers"], sample))
+        try:
+            scores[scorer_name] = float(call_scorer(fn, row["prediction"], row["answers"], sample))
+        except ValueError as e:
+            raise ValueError(
+                f"scorer {scorer_name!r} cannot score task {task!r} ({path}, line {i}): {e}. "
+                "Rescore only the tasks it applies to with --task."
+            ) from None
     return sum(r["scores"][scorer_name] for r in rows) / len(rows)
 
 
@@ -98,8 +109,10 @@ def _check_sample_context(path: Path, rows: list[dict[str, Any]], scorer: str, p
             return
 
 
-def rescore_run(run_dir: str | Path, scorer: str) -> dict[str, Any]:
+def rescore_run(run_dir: str | Path, scorer: str, tasks: Sequence[str] | None = None) -> dict[str, Any]:
     """Score every saved prediction of a run with ``scorer`` and add (or replace) that track.
+
+    ``tasks``: only these tasks are scored (the track is null for the others); default every task.
 
     Reads ``predictions/stage-KK/<task>.jsonl`` for every evaluated stage (and
     ``predictions/zero-shot/`` when the run has zero-shot scores), sets
@@ -117,7 +130,12 @@ def rescore_run(run_dir: str | Path, scorer: str) -> dict[str, Any]:
     fn = get_scorer(scorer)
     run_dir = Path(run_dir)
     results = load_results(run_dir)
-    tasks: list[str] = results["tasks"]
+    task_names: list[str] = results["tasks"]
+    if tasks is not None:
+        unknown = [t for t in tasks if t not in task_names]
+        if unknown:
+            raise ValueError(f"unknown task(s) {', '.join(unknown)} in {run_dir}; tasks: {', '.join(task_names)}")
+    chosen = set(task_names if tasks is None else tasks)
     primary = results["matrix"]["primary"]
     pred_root = run_dir / PREDICTIONS_DIR
 
@@ -127,19 +145,20 @@ def rescore_run(run_dir: str | Path, scorer: str) -> dict[str, Any]:
     zero_primary = (results.get("zero_shot") or {}).get("primary")
     zs_dir = pred_root / ZERO_SHOT_STAGE
     if zero_primary is not None or zs_dir.is_dir():
-        for j, task in enumerate(tasks):
+        for j, task in enumerate(task_names):
             exists = (zs_dir / f"{task}.jsonl").is_file()
             if exists or (zero_primary is not None and zero_primary[j] is not None):
                 cells.append((None, j, ZERO_SHOT_STAGE))
     for t, label in enumerate(row_labels(results)):
         # A zero-shot-only run keeps its one row in predictions/zero-shot/.
         stage = ZERO_SHOT_STAGE if label == ZERO_SHOT_STAGE else stage_dir_name(t + 1)
-        for j, task in enumerate(tasks):
+        for j, task in enumerate(task_names):
             if primary[t][j] is not None or (pred_root / stage / f"{task}.jsonl").is_file():
                 cells.append((t, j, stage))
+    cells = [c for c in cells if task_names[c[1]] in chosen]
     for _, j, stage in cells:
-        if not (pred_root / stage / f"{tasks[j]}.jsonl").is_file():
-            missing.append(f"stage {stage}, task {tasks[j]} ({pred_root / stage / (tasks[j] + '.jsonl')})")
+        if not (pred_root / stage / f"{task_names[j]}.jsonl").is_file():
+            missing.append(f"stage {stage}, task {task_names[j]} ({pred_root / stage / (task_names[j] + '.jsonl')})")
     if missing:
         shown = "\n".join(f"  - {m}" for m in missing[:20])
         more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
@@ -152,7 +171,7 @@ def rescore_run(run_dir: str | Path, scorer: str) -> dict[str, Any]:
     problems: list[DataProblem] = []
     loaded = []
     for t, j, stage in cells:
-        path = pred_root / stage / f"{tasks[j]}.jsonl"
+        path = pred_root / stage / f"{task_names[j]}.jsonl"
         rows = _read_predictions(path, problems)
         if needs_sample(fn):
             _check_sample_context(path, rows, scorer, problems)
@@ -160,11 +179,12 @@ def rescore_run(run_dir: str | Path, scorer: str) -> dict[str, Any]:
     if problems:
         raise DataError(problems)
 
-    n = len(tasks)
+    n = len(task_names)
     matrix: list[list[float | None]] = [[None] * n for _ in primary]
     zero_shot: list[float | None] | None = None
-    for t, j, path, rows in loaded:
-        value = _score_rows(rows, scorer, fn)
+    values = [_score_rows(rows, scorer, fn, path, task_names[j]) for _, j, path, rows in loaded]
+    # Everything scored: only now write.
+    for (t, j, path, rows), value in zip(loaded, values, strict=True):
         atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         if t is None:
             zero_shot = zero_shot or [None] * n

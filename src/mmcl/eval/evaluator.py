@@ -42,9 +42,8 @@ def score_predictions(task: Task, predictions: list[str]) -> tuple[dict[str, flo
         for k, v in scores.items():
             sums[k] += v
         row = {"question_id": s.id, "question": s.question, "prediction": pred, "answers": s.answers, "scores": scores}
-        context = sample_context(s)
-        if context:  # what sample-aware scorers read, so that `mmcl rescore` can call them again
-            row["sample_meta"] = context
+        # What sample-aware scorers read (possibly nothing), so that `mmcl rescore` can call them again.
+        row["sample_meta"] = sample_context(s)
         rows.append(row)
     n = max(1, len(task.test))
     means = {k: v / n for k, v in sums.items()}
