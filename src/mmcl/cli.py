@@ -150,7 +150,12 @@ def rescore(
         typer.Option("--task", help="Rescore only this task (repeatable); the track is null elsewhere. Default: every task."),
     ] = None,
 ) -> None:
-    """Recompute a run's matrices and metrics from its saved predictions with another scorer."""
+    """Recompute a run's matrices and metrics from its saved predictions with another scorer.
+
+    Sample-aware scorers (mllmcl_sci, mllmcl_ocr, mllmcl_ocr_strict, cnext_grounding) use what the
+    evaluator saved with each prediction (sample_meta); predictions saved without it are refused.
+    Scorers and their sources: docs/scorers.md.
+    """
     from mmcl.registry import UnknownNameError
     from mmcl.rescore import rescore_run
 

@@ -13,7 +13,8 @@ Registered scorers:
   questions with >= 4 human answers (VQA-v2 has 10), quirks included; with 1-3 answers
   mmcl's ``#matches / N`` instead (see :func:`vqa_score`).
 - ``vqa_score_normalized``: mmcl's own variant: always normalise, every period stripped.
-- ``token_f1``: SQuAD-style bag-of-tokens F1, max over references.
+- ``token_f1``: SQuAD-style bag-of-tokens F1, max over references (differs from the SQuAD
+  v1.1 script only on empty or article-only answers, on purpose).
 - ``box_f1``: grounding F1 over boxes matched one-to-one at IoU >= 0.5.
 - ``relaxed_numeric``: mmcl's relaxed accuracy (5 % relative tolerance; reads "1,000",
   "45%", "two"), falling back to ``exact_match`` for non-numbers.
@@ -401,6 +402,10 @@ def token_f1(prediction: str, references: Sequence[str]) -> float:
     Normalisation as SQuAD's ``normalize_answer`` (punctuation is deleted, so
     "3.5" becomes "35"), except that an answer made only of articles keeps them.
     Two empty answers score 1.0; one empty answer scores 0.0.
+
+    mmcl's own rule: against the SQuAD v1.1 evaluation script it differs only on empty or
+    article-only answers (there, both empty score 0, and "A" vs "a" scores 0 since the
+    articles are removed) — a documented choice, so that option "A" is not erased.
     """
     pred = _squad_tokens(prediction)
     return max(_token_f1_single(pred, _squad_tokens(ref)) for ref in _as_refs(references))
