@@ -364,7 +364,9 @@ def vqa_score_normalized(prediction: str, references: Sequence[str]) -> float:
     Prediction and references are always normalised with :func:`vqa_normalize` (every period
     removed), so "Yes" matches 10x "yes". N >= 4 references: the leave-one-out
     ``min(#matches / 3, 1)`` rule; N <= 3: ``#matches / N``. Use it to judge a model; use
-    ``vqa_score`` to compare with a paper's VQA-v2 table.
+    ``vqa_score`` to compare with a paper's VQA-v2 table. This is what ``vqa_score`` computed
+    before it followed the official script, except that ``\\d`` in the period and comma rules is
+    now an ASCII digit (as in the script) rather than any Unicode digit.
     """
     refs = _as_refs(references)
     if len(refs) <= 3:
