@@ -11,12 +11,15 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import json
+import re
+import reprlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 
 class ConfigError(ValueError):
@@ -24,20 +27,51 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # floats must be finite everywhere (nan and inf are refused with the key named)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+# ---------------------------------------------------------------- value types with their ranges
+def _not_a_bool(value: Any) -> Any:
+    """Refuse ``true``/``false`` where a number is expected (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "Input should be a number, not a boolean")
+    return value
+
+
+_Number = BeforeValidator(_not_a_bool)
+Count = Annotated[int, _Number, Field(ge=1)]  # batch sizes, steps, ranks: at least 1
+NonNegativeInt = Annotated[int, _Number, Field(ge=0)]
+PositiveFloat = Annotated[float, _Number, Field(gt=0)]  # finite: the models refuse nan and inf
+NonNegativeFloat = Annotated[float, _Number, Field(ge=0)]
+Fraction = Annotated[float, _Number, Field(ge=0, le=1)]  # [0, 1]
+OpenFraction = Annotated[float, _Number, Field(ge=0, lt=1)]  # [0, 1)
+SEED_MAX = 2**31 - 1  # per-stage seeds multiply the run seed by up to ~8e9; torch takes seeds below 2**64
+
+
+def _int_as_written(value: Any) -> Any:
+    """Refuse anything but an integer literal: pydantic would read "7" as 7 and true as 1."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise PydanticCustomError("int_as_written", "Input should be an integer written as a number (no quotes, not true/false)")
+    return value
+
+
+# an integer from 0 to SEED_MAX, as written (strict: no coercion from strings, booleans or floats)
+Seed = Annotated[int, BeforeValidator(_int_as_written), Field(strict=True, ge=0, le=SEED_MAX)]
+THREADS_MAX = 1024  # torch accepts absurd thread counts and crashes later
 
 
 class BenchmarkConfig(BaseModel):
     """Which stream to run. Extra keys are the benchmark's own options (checked by the benchmark)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     name: str = "msvqa-synth"
     order: list[str] | None = None  # task names in training order; None = the benchmark's default
     tasks: list[str] | int | None = None  # subset: names, or the first N of the order
-    train_per_task: int | None = None  # cap on training samples per task
-    test_per_task: int | None = None  # cap on test samples per task
-    seed: int | None = None  # data seed; None = 0 (fixed across run seeds)
+    train_per_task: NonNegativeInt | None = None  # cap on training samples per task (0 keeps none)
+    test_per_task: NonNegativeInt | None = None  # cap on test samples per task
+    seed: Seed | None = None  # data seed; None = 0 (fixed across run seeds)
 
     def options(self) -> dict[str, Any]:
         """The benchmark-specific options (keys not declared above)."""
@@ -50,12 +84,24 @@ class ModelConfig(_Strict):
     preset: str | None = "tiny-llava"
     path: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
+    lora_rank: Count = 16
+    lora_alpha: Count = 32
+    lora_dropout: OpenFraction = 0.0  # [0, 1)
     lora_targets: str | list[str] | None = None  # regex or names; None = the family's LM attention + MLP
     lora_vision: bool = False  # also put LoRA on the vision encoder's attention + MLP
     train_projector: bool = False
+
+    @field_validator("lora_targets")
+    @classmethod
+    def _targets(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, str):
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise PydanticCustomError("regex", "not a valid regular expression: {error}", {"error": str(e)}) from None
+        elif isinstance(value, list) and not value:
+            raise PydanticCustomError("empty", "an empty list targets nothing; leave it out for the family's default")
+        return value
 
 
 class MethodConfig(BaseModel):
@@ -70,28 +116,29 @@ class MethodConfig(BaseModel):
 
 
 class TrainConfig(_Strict):
-    epochs: float = 4.0
-    max_steps: int | None = None  # per task; overrides epochs when set
-    batch_size: int = 16
-    grad_accum: int = 1
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.05
+    epochs: PositiveFloat = 4.0  # per task; may be fractional (0.5 = half the samples once)
+    max_steps: Count | None = None  # update steps per task; overrides epochs when set
+    batch_size: Count = 16  # per process
+    grad_accum: Count = 1
+    lr: PositiveFloat = 2e-3
+    weight_decay: NonNegativeFloat = 0.0
+    warmup_ratio: Fraction = 0.05  # share of a task's steps spent warming up, in [0, 1]
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    max_grad_norm: float = 1.0
+    max_grad_norm: NonNegativeFloat = 1.0  # 0 = no clipping
     # image answers (dual-to-dual models): share of prompts blanked in training, for classifier-free guidance
-    image_uncond_prob: float = Field(default=0.1, ge=0.0, lt=1.0)
+    image_uncond_prob: OpenFraction = 0.1
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    num_threads: int | None = None  # torch CPU threads; None = torch's default
+    num_threads: Annotated[int, _Number, Field(ge=1, le=THREADS_MAX)] | None = None  # torch CPU threads; None = torch's default
 
 
 class EvalConfig(_Strict):
-    batch_size: int = 64
-    max_new_tokens: int | None = None  # None = each task's own
+    batch_size: Count = 64
+    max_new_tokens: Count | None = None  # None = each task's own
     full_matrix: bool = True  # evaluate every task after every stage (future tasks included)
     zero_shot: bool = True  # evaluate the untrained model once (row used for FWT)
     save_predictions: bool = True
-    cfg_scale: float = Field(default=3.0, gt=1.0)  # classifier-free guidance of image answers (dual-to-dual models)
+    # classifier-free guidance of image answers (dual-to-dual models)
+    cfg_scale: Annotated[float, _Number, Field(gt=1.0)] = 3.0
 
 
 class OutputConfig(_Strict):
@@ -110,7 +157,7 @@ class LoggingConfig(_Strict):
     """
 
     trackers: list[str] = []  # any of TRACKERS
-    log_every: int = Field(default=10, ge=1)  # log train/loss and train/lr every N optimizer steps
+    log_every: Count = 10  # log train/loss and train/lr every N optimizer steps
 
     @field_validator("trackers", mode="before")
     @classmethod
@@ -165,8 +212,8 @@ def flat_config(cfg: RunConfig) -> dict[str, int | float | str | bool]:
 
 
 class RunConfig(_Strict):
-    name: str = "run"
-    seed: int = 0
+    name: str = "run"  # part of the default run directory's name: no path separators
+    seed: Seed = 0  # an integer from 0 to SEED_MAX
     benchmark: BenchmarkConfig = BenchmarkConfig()
     model: ModelConfig = ModelConfig()
     method: MethodConfig = MethodConfig()
@@ -174,6 +221,18 @@ class RunConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        bad = any(c in "/\\" or not c.isprintable() for c in value)
+        if not value.strip() or value.strip(".") == "" or bad or len(value) > 100:
+            raise PydanticCustomError(
+                "run_name",
+                "the run name becomes part of a directory name: 1 to 100 printable characters, "
+                "no '/' or '\\', not '.' or '..'",
+            )
+        return value
 
 
 _SECTIONS: dict[str, type[BaseModel]] = {
@@ -187,31 +246,152 @@ _SECTIONS: dict[str, type[BaseModel]] = {
 }
 
 
-def _parse_value(text: str) -> Any:
-    """Parse an override value with YAML rules (numbers, bools, lists, null)."""
+# ---------------------------------------------------------------- YAML, read with limits
+MAX_SHOWN = 200  # characters of a value shown in a message
+MAX_ERRORS_SHOWN = 20  # problems listed in one message (the rest are counted)
+MAX_ALIAS_EXPANSION = 100_000  # values that YAML aliases may stand for, in one file or --set value
+_short_repr = reprlib.Repr()  # bounded: a few items per level, three levels deep
+_short_repr.maxlevel, _short_repr.maxstring, _short_repr.maxother, _short_repr.maxlong = 3, MAX_SHOWN, MAX_SHOWN, 60
+_short_repr.maxtuple = _short_repr.maxlist = _short_repr.maxdict = _short_repr.maxset = 6
+
+
+def shown(value: Any, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, in time bounded whatever the value's size."""
+    text = _short_repr.repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
+def _cut(text: str, limit: int = MAX_SHOWN) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text) - limit} more characters)"
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus: a key given twice in one mapping is refused (PyYAML keeps the
+    last silently), and aliases may stand for at most MAX_ALIAS_EXPANSION values in all (an
+    "alias bomb" of a few lines would otherwise expand to billions when the config is checked).
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._expanded = 0  # values the aliases seen so far stand for
+        self._sizes: dict[int, int] = {}  # id(node) -> values in it, aliases expanded
+        self._open: dict[str, int] = {}  # anchors whose node is being composed (an alias to one recurses)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if self._open.get(event.anchor):
+                raise yaml.composer.ComposerError(
+                    None, None, f"alias *{event.anchor} is inside the node it names (a recursive alias)", event.start_mark
+                )
+            node = super().compose_node(parent, index)
+            self._expanded += self._size(node)
+            if self._expanded > MAX_ALIAS_EXPANSION:
+                raise yaml.composer.ComposerError(
+                    None, None, f"aliases expand to more than {MAX_ALIAS_EXPANSION:,} values (an alias bomb?); "
+                    "write the values out or use fewer aliases", event.start_mark,
+                )
+            return node
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            self._open[anchor] = self._open.get(anchor, 0) + 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if anchor is not None:
+                self._open[anchor] -= 1
+
+    def _size(self, root: yaml.Node) -> int:
+        """Values in ``root`` with aliases expanded (memoised; the graph is acyclic: recursion was refused)."""
+        stack = [(root, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if id(node) in self._sizes:
+                continue
+            children = _children(node)
+            if children_done:
+                self._sizes[id(node)] = 1 + sum(self._sizes[id(c)] for c in children)
+            else:
+                stack.append((node, True))
+                stack.extend((c, False) for c in children if id(c) not in self._sizes)
+        return self._sizes[id(root)]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[tuple[str, str], yaml.Node] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                seen = first.setdefault((key_node.tag, key_node.value), key_node)
+                if seen is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None,
+                        f"key {_cut(key_node.value)!r} is given twice in one mapping (first on line "
+                        f"{seen.start_mark.line + 1}); keep one",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _yaml_problem(e: yaml.YAMLError) -> tuple[str, str]:
+    """(where, what) of a YAML error: ", line L, column C" and the problem."""
+    mark = getattr(e, "problem_mark", None)
+    if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow, e.g. a NUL byte
+        return "", f"character {e.character!r} is not allowed in YAML ({e.reason})"
+    where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    return where, str(getattr(e, "problem", None) or e)
+
+
+def _yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` with the checks of :class:`_ConfigLoader` (raises yaml.YAMLError or RecursionError)."""
+    loader = _ConfigLoader(text)
     try:
-        return yaml.safe_load(text)
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _parse_value(text: str, assignment: str) -> Any:
+    """Parse an override value with YAML rules (numbers, bools, lists, null); not YAML: the text itself."""
+    try:
+        return _yaml_load(text)
+    except yaml.composer.ComposerError as e:  # a recursive alias or an alias bomb: not a plain string
+        raise ConfigError(f"--set {_cut(assignment)}: {_yaml_problem(e)[1]}") from None
+    except yaml.constructor.ConstructorError as e:
+        if "given twice" in str(e.problem):
+            raise ConfigError(f"--set {_cut(assignment)}: {e.problem}") from None
+        return text
     except yaml.YAMLError:
         return text
+    except RecursionError:
+        raise ConfigError(f"--set {_cut(assignment)}: the value is nested too deeply") from None
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``a.b.c=value`` override to a nested dict, in place."""
     if "=" not in assignment:
-        raise ConfigError(f"override {assignment!r} must look like key=value (e.g. method.name=lora-ft)")
+        raise ConfigError(f"override {shown(assignment)} must look like key=value (e.g. method.name=lora-ft)")
     key, value = assignment.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise ConfigError(f"override {assignment!r} has an empty key")
+        raise ConfigError(f"override {shown(assignment)} has an empty key")
     node = data
     for p in parts[:-1]:
         nxt = node.get(p)
         if nxt is None:
             nxt = node[p] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"override {assignment!r}: {p!r} is not a section")
+            raise ConfigError(f"override {shown(assignment)}: {shown(p)} is not a section")
         node = nxt
-    node[parts[-1]] = _parse_value(value)
+    node[parts[-1]] = _parse_value(value, assignment)
 
 
 # names other trainers use for a key, when difflib finds no close match
@@ -229,13 +409,14 @@ _KEY_ALIASES = {
 }
 
 
-def _unknown_key_message(where: str, key: str, valid: list[str]) -> str:
+def _unknown_key_message(where: str, key: Any, valid: list[str]) -> str:
+    key = str(key)
     close = difflib.get_close_matches(key, valid, n=1)
     alias = _KEY_ALIASES.get(key)
     if not close and alias in valid:
         close = [alias]
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"unknown config key {where + key!r}.{hint} Valid keys: {', '.join(valid)}"
+    return f"unknown config key {shown(where + str(key))}.{hint} Valid keys: {', '.join(valid)}"
 
 
 # where a config key was set, for messages: "FILE, line N" or "--set KEY=VALUE" (None: not found)
@@ -263,7 +444,7 @@ def validate_config(data: dict[str, Any], source: str = "config", locate: Locato
         if sub is None:
             continue
         if not isinstance(sub, dict):
-            raise ConfigError(f"{where(section)}: {section!r} must be a mapping, got {sub!r}")
+            raise ConfigError(f"{where(section)}: {section!r} must be a mapping, got {shown(sub)}")
         if model.model_config.get("extra") == "forbid":
             valid = list(model.model_fields)
             for k in sub:
@@ -272,27 +453,56 @@ def validate_config(data: dict[str, Any], source: str = "config", locate: Locato
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
+        errors = e.errors(include_url=False)
+        if len(errors) == 1:  # one line: where it was set, the key, what is wrong
+            err = errors[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            at = where(*err["loc"]) if err["loc"] else source
+            raise ConfigError(f"{at}: {loc}: {err['msg']} (got {shown(err.get('input'))})") from None
         lines = []
-        for err in e.errors():
+        for err in errors[:MAX_ERRORS_SHOWN]:
             loc = ".".join(str(x) for x in err["loc"])
             found = locate([str(x) for x in err["loc"]]) if locate is not None else None
             at = f" ({found})" if found else ""
-            lines.append(f"  - {loc}{at}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"  - {loc}{at}: {err['msg']} (got {shown(err.get('input'))})")
+        if len(errors) > MAX_ERRORS_SHOWN:
+            lines.append(f"  - ... and {len(errors) - MAX_ERRORS_SHOWN} more")
         raise ConfigError(f"{source}: invalid config:\n" + "\n".join(lines)) from None
+
+
+def read_config_text(path: Path) -> str:
+    """A config file's text, which must be UTF-8; ConfigError naming the file (and the byte) otherwise."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(
+            f"{path}, line {line}, column {column}: not UTF-8 text: byte 0x{raw[e.start]:02x} at byte offset "
+            f"{e.start}; save the file as UTF-8"
+        ) from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+    text = read_config_text(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _yaml_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        where, problem = _yaml_problem(e)
+        raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {shown(data)}")
     return data
 
 
@@ -329,8 +539,10 @@ def _files_in_merge_order(path: Path, depth: int = 0) -> list[Path]:
         return [path]
     files: list[Path] = []
     try:
-        includes = (yaml.safe_load(path.read_text()) or {}).get("include") or []
-    except (OSError, yaml.YAMLError, AttributeError):
+        includes = (_yaml_load(read_config_text(path)) or {}).get("include") or []
+    except (ConfigError, yaml.YAMLError, RecursionError, AttributeError):
+        includes = []
+    if not isinstance(includes, str | list):
         includes = []
     for inc in [includes] if isinstance(includes, str) else includes:
         files += _files_in_merge_order((path.parent / str(inc)).resolve(), depth + 1)
@@ -340,8 +552,8 @@ def _files_in_merge_order(path: Path, depth: int = 0) -> list[Path]:
 def _yaml_key_line(path: Path, parts: Sequence[str]) -> int | None:
     """The 1-based line of key ``a.b.c`` in a YAML file, or None."""
     try:
-        node = yaml.compose(path.read_text())
-    except (OSError, yaml.YAMLError):
+        node = yaml.compose(read_config_text(path), Loader=_ConfigLoader)
+    except (ConfigError, yaml.YAMLError, RecursionError):
         return None
     line = None
     for part in parts:
@@ -368,7 +580,7 @@ def _locator(paths: list[Path], overrides: list[str]) -> Locator:
         for ov in reversed(overrides):
             key = ".".join(p for p in ov.split("=", 1)[0].strip().split(".") if p)
             if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
-                return f"--set {ov}"
+                return f"--set {_cut(ov)}"
         files = [f for p in paths for f in _files_in_merge_order(p)]
         for f in reversed(files):
             line = _yaml_key_line(f, parts)
@@ -386,6 +598,8 @@ def _load_with_includes(path: Path, depth: int = 0) -> dict[str, Any]:
     includes = data.pop("include", None) or []
     if isinstance(includes, str):
         includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(inc, str) and inc for inc in includes):
+        raise ConfigError(f"{path}: include must be a file name or a list of file names, got {shown(includes)}")
     merged: dict[str, Any] = {}
     for inc in includes:
         merged = merge(merged, _load_with_includes((path.parent / inc).resolve(), depth + 1))
