@@ -22,12 +22,14 @@ model weights; ``cost`` reports memory the method holds between tasks.
 from __future__ import annotations
 
 import difflib
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Union, get_args, get_origin
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from mmcl.config import RunConfig
 from mmcl.data.sample import Benchmark, Sample, Task
@@ -35,10 +37,30 @@ from mmcl.models.loader import ModelBundle
 from mmcl.registry import Registry
 
 
-class MethodOptions(BaseModel):
-    """Base class of a method's options: unknown keys are refused."""
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field of this type may hold true/false (bool, Any, a Literal of bools, a union with one)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return any(isinstance(a, bool) for a in args)
+    if origin is Union or origin is types.UnionType:
+        return any(_takes_bool(a) for a in args)
+    return False
 
-    model_config = ConfigDict(extra="forbid")
+
+class MethodOptions(BaseModel):
+    """Base class of a method's options: unknown keys are refused, floats must be finite, and
+    true/false is not read as a number (pydantic would take it for 1 or 0)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and not _takes_bool(cls.model_fields[info.field_name].annotation):
+            raise PydanticCustomError("bool_not_number", "Input should be a number, not a boolean")
+        return value
 
 
 @dataclass
