@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -39,25 +43,29 @@ def run(
     """
     from mmcl.config import ConfigError, load_config
 
-    try:
-        cfg = load_config(list(configs or []), list(set_ or []))
-    except ConfigError as e:
-        _fail(str(e))
-    from mmcl.data.errors import DataError
-    from mmcl.models.loader import ModelLoadError
-    from mmcl.registry import UnknownNameError
-    from mmcl.runner import Runner
+    cfg = runner = None
+    with _sigterm_as_interrupt():  # SIGINT and SIGTERM: one line saying what is kept and how to continue
+        try:
+            try:
+                cfg = load_config(list(configs or []), list(set_ or []))
+            except ConfigError as e:
+                _fail(str(e))
+            from mmcl.data.errors import DataError
+            from mmcl.models.loader import ModelLoadError
+            from mmcl.registry import UnknownNameError
+            from mmcl.runner import Runner
 
-    runner = None
-    try:
-        runner = Runner(cfg, output_dir=output, console=console, resume=resume)
-        if dry_run:
-            plan = runner.dry_run()
-            _print_plan(plan, runner)
-            return
-        run_dir = runner.run()
-    except (DataError, ModelLoadError, UnknownNameError, ValueError, OSError) as e:
-        _fail(str(e) + ("" if dry_run else _resume_hint(runner, e)))
+            try:
+                runner = Runner(cfg, output_dir=output, console=console, resume=resume)
+                if dry_run:
+                    plan = runner.dry_run()
+                    _print_plan(plan, runner)
+                    return
+                run_dir = runner.run()
+            except (DataError, ModelLoadError, UnknownNameError, ValueError, OSError) as e:
+                _fail(str(e) + ("" if dry_run else _resume_hint(runner, e)))
+        except KeyboardInterrupt as e:
+            _interrupted(e, runner, output or (cfg.output.dir if cfg is not None else None))
     if not runner.accelerator.is_main_process:
         return  # under several processes (accelerate launch, torchrun) the main one reports
     results = json.loads((run_dir / "results.json").read_text())
@@ -72,6 +80,46 @@ def run(
         if (run_dir / name).exists():
             console.print(f"report:  {run_dir / name}")
     out.print(str(run_dir))
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C (SIGINT) so that the same clean-up runs and the same advice is printed."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated()
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a run goes on, SIGTERM (``kill``, a scheduler's time limit) interrupts it like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(error: KeyboardInterrupt, runner, output: Path | str | None) -> None:
+    """One line on SIGINT/SIGTERM: what is kept and how to continue; exit 130 (SIGINT) or 143 (SIGTERM)."""
+    from rich.markup import escape
+
+    from mmcl.checkpoint import CONFIG_FILE
+
+    name, code = ("SIGTERM", 143) if isinstance(error, _Terminated) else ("SIGINT", 130)
+    if runner is not None and not runner.accelerator.is_main_process:
+        raise typer.Exit(code)  # under several processes the main one reports
+    d = runner.output_dir if runner is not None else (Path(output) if output else None)
+    if d is not None and (d / CONFIG_FILE).is_file():
+        msg = (f"interrupted ({name}): everything {d} holds so far is kept; continue with the same command "
+               f"plus --resume --output {d}")
+    else:
+        msg = f"interrupted ({name}) before the run directory was written; nothing to continue: run the command again"
+    console.print(escape(msg), highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 def _resume_hint(runner, error: Exception) -> str:
