@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import threading
@@ -149,14 +150,23 @@ def _print_plan(plan, runner) -> None:
     out.print("dry run: config, data and model are valid; nothing was trained or written.")
 
 
+SEED_MAX = 2**31 - 1  # as mmcl.config.SEED_MAX (not imported here: the CLI starts without pydantic)
+
+
+def _positive_finite(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise typer.BadParameter(f"must be a finite number > 0, got {value}")
+    return value
+
+
 @app.command()
 def pretrain(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Where to save the base (default: the shipped preset dir).")] = None,
-    seed: int = 0,
-    n_captions: Annotated[int, typer.Option(help="Synthetic image-caption pairs (plus a quarter as many text-only \"say\" samples).")] = 8000,
-    epochs: float = 4.0,
-    max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps (for smoke tests).")] = None,
-    vision_steps: Annotated[int, typer.Option(help="Vision warm-up steps (per-patch colour/shape/mark).")] = 800,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX)] = 0,
+    n_captions: Annotated[int, typer.Option(min=1, help="Synthetic image-caption pairs (plus a quarter as many text-only \"say\" samples).")] = 8000,
+    epochs: Annotated[float, typer.Option(callback=_positive_finite)] = 4.0,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps (for smoke tests).")] = None,
+    vision_steps: Annotated[int, typer.Option(min=1, help="Vision warm-up steps (per-patch colour/shape/mark).")] = 800,
 ) -> None:
     """Build and pre-train the tiny LLaVA base on generic synthetic captions."""
     from mmcl.models.loader import ASSETS_DIR
@@ -171,9 +181,9 @@ def pretrain(
 @app.command("pretrain-janus")
 def pretrain_janus(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to save the tiny Janus.")],
-    seed: int = 0,
-    vq_steps: Annotated[int | None, typer.Option(help="VQ tokenizer/decoder training steps (default: the recipe's).")] = None,
-    lm_steps: Annotated[int | None, typer.Option(help="LM steps: text-to-image + modality decision + captioning each step (default: the recipe's).")] = None,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX)] = 0,
+    vq_steps: Annotated[int | None, typer.Option(min=1, help="VQ tokenizer/decoder training steps (default: the recipe's).")] = None,
+    lm_steps: Annotated[int | None, typer.Option(min=1, help="LM steps: text-to-image + modality decision + captioning each step (default: the recipe's).")] = None,
     reuse_image_stages: Annotated[Path | None, typer.Option(
         help="An earlier pretrain-janus output with the same VQ/vision recipe: load its VQ and vision encoder, run only the LM stage.")] = None,
 ) -> None:
@@ -321,7 +331,7 @@ def list_names() -> None:
 def bench(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Also write the results as JSON here.")] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Every part small: a smoke test (well under a minute on a quiet machine).")] = False,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads (default: torch's default, as mmcl run). On a busy machine use 1.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, max=1024, help="torch CPU threads (default: torch's default, as mmcl run). On a busy machine use 1.")] = None,
 ) -> None:
     """Speed benchmarks, measured side by side: training loop vs a plain peft loop (and MFU), batched vs
     per-sample generation, routing methods vs LoRA, and a stage's time and memory as tasks accumulate."""
