@@ -341,11 +341,15 @@ def _children(node: yaml.Node) -> list[yaml.Node]:
     return []
 
 
-def _yaml_problem(e: yaml.YAMLError) -> tuple[str, str]:
-    """(where, what) of a YAML error: ", line L, column C" and the problem."""
+def _yaml_problem(e: yaml.YAMLError, text: str = "") -> tuple[str, str]:
+    """(where, what) of a YAML error in ``text``: ", line L, column C" and the problem."""
     mark = getattr(e, "problem_mark", None)
     if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow, e.g. a NUL byte
-        return "", f"character {e.character!r} is not allowed in YAML ({e.reason})"
+        char = chr(e.character) if isinstance(e.character, int) else str(e.character)
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        where = f", line {line}, column {column}" if text else ""
+        return where, f"character {char!r} (U+{ord(char[:1] or ' '):04X}) is not allowed in YAML"
     where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     return where, str(getattr(e, "problem", None) or e)
 
@@ -495,7 +499,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = _yaml_load(text)
     except yaml.YAMLError as e:
-        where, problem = _yaml_problem(e)
+        where, problem = _yaml_problem(e, text)
         raise ConfigError(f"{path}{where}: not valid YAML: {problem}") from None
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
