@@ -584,7 +584,7 @@ def _locator(paths: list[Path], overrides: list[str]) -> Locator:
         for ov in reversed(overrides):
             key = ".".join(p for p in ov.split("=", 1)[0].strip().split(".") if p)
             if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
-                return f"--set {_cut(ov)}"
+                return f"--set {_cut(ov, 100)}"
         files = [f for p in paths for f in _files_in_merge_order(p)]
         for f in reversed(files):
             line = _yaml_key_line(f, parts)
