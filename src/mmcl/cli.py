@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,7 +30,23 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _interrupt_handled(command: Callable[..., None]) -> Callable[..., None]:
+    """While ``command`` runs, SIGTERM interrupts it like Ctrl-C; an interrupt it does not handle
+    itself (while the config is read or the libraries load) gets its one line too."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        with _sigterm_as_interrupt():
+            try:
+                command(*args, **kwargs)
+            except KeyboardInterrupt as e:
+                _interrupted(e, None, kwargs.get("output"))
+
+    return wrapper
+
+
 @app.command()
+@_interrupt_handled
 def run(
     configs: Annotated[list[Path] | None, typer.Argument(help="YAML config file(s); later ones override earlier ones.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set method.name=ewc")] = None,
@@ -44,29 +61,27 @@ def run(
     """
     from mmcl.config import ConfigError, load_config
 
-    cfg = runner = None
-    with _sigterm_as_interrupt():  # SIGINT and SIGTERM: one line saying what is kept and how to continue
-        try:
-            try:
-                cfg = load_config(list(configs or []), list(set_ or []))
-            except ConfigError as e:
-                _fail(str(e))
-            from mmcl.data.errors import DataError
-            from mmcl.models.loader import ModelLoadError
-            from mmcl.registry import UnknownNameError
-            from mmcl.runner import Runner
+    try:
+        cfg = load_config(list(configs or []), list(set_ or []))
+    except ConfigError as e:
+        _fail(str(e))
+    from mmcl.data.errors import DataError
+    from mmcl.models.loader import ModelLoadError
+    from mmcl.registry import UnknownNameError
+    from mmcl.runner import Runner
 
-            try:
-                runner = Runner(cfg, output_dir=output, console=console, resume=resume)
-                if dry_run:
-                    plan = runner.dry_run()
-                    _print_plan(plan, runner)
-                    return
-                run_dir = runner.run()
-            except (DataError, ModelLoadError, UnknownNameError, ValueError, OSError) as e:
-                _fail(str(e) + ("" if dry_run else _resume_hint(runner, e)))
-        except KeyboardInterrupt as e:
-            _interrupted(e, runner, output or (cfg.output.dir if cfg is not None else None))
+    runner = None
+    try:
+        runner = Runner(cfg, output_dir=output, console=console, resume=resume)
+        if dry_run:
+            plan = runner.dry_run()
+            _print_plan(plan, runner)
+            return
+        run_dir = runner.run()
+    except (DataError, ModelLoadError, UnknownNameError, ValueError, OSError) as e:
+        _fail(str(e) + ("" if dry_run else _resume_hint(runner, e)))
+    except KeyboardInterrupt as e:  # SIGINT, or SIGTERM (see _interrupt_handled): say what is kept, how to continue
+        _interrupted(e, runner, output or cfg.output.dir)
     if not runner.accelerator.is_main_process:
         return  # under several processes (accelerate launch, torchrun) the main one reports
     results = json.loads((run_dir / "results.json").read_text())

@@ -212,7 +212,7 @@ def flat_config(cfg: RunConfig) -> dict[str, int | float | str | bool]:
 
 
 class RunConfig(_Strict):
-    name: str = "run"  # part of the default run directory's name: no path separators
+    name: str = "run"
     seed: Seed = 0  # an integer from 0 to SEED_MAX
     benchmark: BenchmarkConfig = BenchmarkConfig()
     model: ModelConfig = ModelConfig()
@@ -221,18 +221,6 @@ class RunConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
     logging: LoggingConfig = LoggingConfig()
-
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, value: str) -> str:
-        bad = any(c in "/\\" or not c.isprintable() for c in value)
-        if not value.strip() or value.strip(".") == "" or bad or len(value) > 100:
-            raise PydanticCustomError(
-                "run_name",
-                "the run name becomes part of a directory name: 1 to 100 printable characters, "
-                "no '/' or '\\', not '.' or '..'",
-            )
-        return value
 
 
 _SECTIONS: dict[str, type[BaseModel]] = {
