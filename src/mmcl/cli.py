@@ -123,13 +123,13 @@ def _interrupted(error: KeyboardInterrupt, runner, output: Path | str | None) ->
     """One line on SIGINT/SIGTERM: what is kept and how to continue; exit 130 (SIGINT) or 143 (SIGTERM)."""
     from rich.markup import escape
 
-    from mmcl.checkpoint import CONFIG_FILE
-
+    # nothing is imported here: the interrupt may have cut an import short (torch half-initialised)
+    config_file = getattr(sys.modules.get("mmcl.checkpoint"), "CONFIG_FILE", "config.yaml")
     name, code = ("SIGTERM", 143) if isinstance(error, _Terminated) else ("SIGINT", 130)
     if runner is not None and not runner.accelerator.is_main_process:
         raise typer.Exit(code)  # under several processes the main one reports
     d = runner.output_dir if runner is not None else (Path(output) if output else None)
-    if d is not None and (d / CONFIG_FILE).is_file():
+    if d is not None and (d / config_file).is_file():
         msg = (f"interrupted ({name}): everything {d} holds so far is kept; continue with the same command "
                f"plus --resume --output {d}")
     else:
