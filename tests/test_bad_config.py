@@ -90,6 +90,8 @@ PROBES = [
     # the same family: every count, fraction and float of the schema
     ("train.batch_size=true", "--set train.batch_size=true: train.batch_size: Input should be a number, not a boolean "
                               "(got True)"),
+    ("benchmark.tasks=true", "--set benchmark.tasks=true: benchmark.tasks: Input should be a number, not a boolean "
+                             "(got True)"),
     ("train.weight_decay=-0.1",
      "--set train.weight_decay=-0.1: train.weight_decay: Input should be greater than or equal to 0 (got -0.1)"),
     ("train.max_grad_norm=.inf", "--set train.max_grad_norm=.inf: train.max_grad_norm: Input should be a finite number "

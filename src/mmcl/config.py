@@ -68,7 +68,7 @@ class BenchmarkConfig(BaseModel):
 
     name: str = "msvqa-synth"
     order: list[str] | None = None  # task names in training order; None = the benchmark's default
-    tasks: list[str] | int | None = None  # subset: names, or the first N of the order
+    tasks: Annotated[list[str] | int | None, _Number] = None  # subset: names, or the first N of the order
     train_per_task: NonNegativeInt | None = None  # cap on training samples per task (0 keeps none)
     test_per_task: NonNegativeInt | None = None  # cap on test samples per task
     seed: Seed | None = None  # data seed; None = 0 (fixed across run seeds)
