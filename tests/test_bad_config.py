@@ -297,3 +297,17 @@ def test_interrupted_run_says_how_to_resume(sig: signal.Signals, tiny_llava_dir:
     assert lines == [f"interrupted ({sig.name}): everything {out} holds so far is kept; continue with the same "
                      f"command plus --resume --output {out}"], err[-2000:]
     assert (out / CONFIG_FILE).is_file()
+
+
+def test_a_long_task_order_is_checked_in_linear_time(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    """50,000 names (within the alias cap) used to take quadratic time to find the repeats."""
+    order = "benchmark.order=[" + ", ".join(["indoor.counting"] * 50_000) + "]"
+    t0 = time.perf_counter()
+    text = run_bad(tiny_llava_dir, tmp_path / "run", order, case="long order")
+    assert time.perf_counter() - t0 < 60
+    assert "error: benchmark.order names task(s) more than once: indoor.counting" in text
+
+
+def test_a_huge_task_name_is_cut_in_the_message(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    text = run_bad(tiny_llava_dir, tmp_path / "run", "benchmark.order=[" + "x" * 1_000_000 + "]", case="huge name")
+    assert "error: benchmark.order: unknown task 'xxxx" in text and len(text) < 2000

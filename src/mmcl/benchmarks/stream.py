@@ -11,12 +11,13 @@ import difflib
 import random
 import types
 import typing
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from mmcl.config import BenchmarkConfig, ConfigError
+from mmcl.config import MAX_ERRORS_SHOWN, BenchmarkConfig, ConfigError, shown
 from mmcl.data.sample import Sample, Task
 
 M = TypeVar("M", bound=BaseModel)
@@ -28,9 +29,9 @@ def stream_seed(cfg: BenchmarkConfig) -> int:
 
 
 def _unknown(what: str, name: str, valid: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(valid), n=1)
+    close = difflib.get_close_matches(name, list(valid), n=1) if len(name) <= 200 else []
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"{what} {name!r}.{hint} Valid: {', '.join(valid)}"
+    return f"{what} {shown(name)}.{hint} Valid: {', '.join(valid)}"
 
 
 def select_task_names(names: Sequence[str], cfg: BenchmarkConfig) -> list[str]:
@@ -47,7 +48,7 @@ def select_task_names(names: Sequence[str], cfg: BenchmarkConfig) -> list[str]:
         for n in cfg.order:
             if n not in names:
                 raise ConfigError("benchmark.order: " + _unknown("unknown task", n, names))
-        dup = sorted({n for n in cfg.order if cfg.order.count(n) > 1})
+        dup = sorted(n for n, count in Counter(cfg.order).items() if count > 1)
         if dup:
             raise ConfigError(f"benchmark.order names task(s) more than once: {', '.join(dup)}")
         names = list(cfg.order)
@@ -149,7 +150,8 @@ def parse_options(model: type[M], options: dict[str, Any], benchmark: str) -> M:
         return model.model_validate(options)
     except ValidationError as e:
         lines = []
-        for err in e.errors():
+        errors = e.errors(include_url=False)
+        for err in errors[:MAX_ERRORS_SHOWN]:
             loc = ".".join(str(x) for x in err["loc"])
             if err["type"] == "extra_forbidden":
                 owner = _model_at(model, err["loc"][:-1])
@@ -157,9 +159,11 @@ def parse_options(model: type[M], options: dict[str, Any], benchmark: str) -> M:
                 key = str(err["loc"][-1])
                 close = difflib.get_close_matches(key, valid, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
-                lines.append(f"  - unknown option {loc!r}.{hint} Valid options: {', '.join(valid)}")
+                lines.append(f"  - unknown option {shown(loc)}.{hint} Valid options: {', '.join(valid)}")
             elif not loc:  # a check of the options as a whole
                 lines.append(f"  - {err['msg'].removeprefix('Value error, ')}")
             else:
-                lines.append(f"  - {loc}: {err['msg']} (got {err.get('input')!r})")
+                lines.append(f"  - {loc}: {err['msg']} (got {shown(err.get('input'))})")
+        if len(errors) > MAX_ERRORS_SHOWN:
+            lines.append(f"  - ... and {len(errors) - MAX_ERRORS_SHOWN} more")
         raise ConfigError(f"benchmark {benchmark!r}: invalid options:\n" + "\n".join(lines)) from None
