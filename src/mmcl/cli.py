@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -108,8 +109,12 @@ def _raise_terminated(signum: int, frame: object) -> None:
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """While a run goes on, SIGTERM (``kill``, a scheduler's time limit) interrupts it like Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
+    """While a run goes on, SIGTERM (``kill``, a scheduler's time limit) interrupts it like Ctrl-C.
+
+    Not under several processes (``WORLD_SIZE`` > 1): a process waiting in a collective would not see
+    the exception until it returned, so there SIGTERM keeps its default (the process ends at once).
+    """
+    if threading.current_thread() is not threading.main_thread() or int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
         yield
         return
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
