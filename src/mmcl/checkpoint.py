@@ -111,7 +111,8 @@ METHOD_FILE = "method.pt"
 RNG_FILE = "rng.pt"
 KILL_ENV = "MMCL_TEST_KILL_AT"
 # keys that say where and how results are written, not what they are
-IGNORED_KEYS = frozenset({"output.dir", "output.report"})
+# (and benchmark.max_image_pixels: a limit on what is accepted, not part of the results)
+IGNORED_KEYS = frozenset({"output.dir", "output.report", "benchmark.max_image_pixels"})
 
 
 class RunDirError(ValueError):
@@ -194,9 +195,12 @@ def read_manifest(out: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, OSError) as e:
-        raise RunDirError(f"{path}: cannot be read ({e})") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError, RecursionError) as e:
+        raise RunDirError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(manifest, dict):
+        raise RunDirError(f"{path}: cannot be read (expected a JSON object)")
+    return manifest
 
 
 def read_markers(out: Path) -> list[dict[str, Any]]:
@@ -205,7 +209,7 @@ def read_markers(out: Path) -> list[dict[str, Any]]:
     while (path := out / STAGES_DIR / f"{stage_dir_name(len(markers) + 1)}.json").is_file():
         try:
             markers.append(json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, OSError) as e:
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError, RecursionError) as e:
             raise RunDirError(f"{path}: cannot be read ({e})") from None
     return markers
 
@@ -317,9 +321,9 @@ def write_manifest(out: Path, manifest: dict[str, Any]) -> None:
     atomic_write_json(out / CHECKPOINT_DIR / MANIFEST_FILE, manifest)
 
 
-def start_manifest(out: Path, cfg: RunConfig) -> None:
-    """The manifest of a fresh run: nothing trained yet."""
-    write_manifest(out, new_manifest(cfg, stage=0))
+def start_manifest(out: Path, cfg: RunConfig, data: dict[str, Any] | None = None) -> None:
+    """The manifest of a fresh run: nothing trained yet; ``data``: the data files' fingerprint."""
+    write_manifest(out, new_manifest(cfg, stage=0, **({"data": data} if data is not None else {})))
 
 
 def new_manifest(cfg: RunConfig, stage: int, **fields: Any) -> dict[str, Any]:
@@ -343,8 +347,11 @@ def save_checkpoint(
     tracker: TrainableTracker,
     stats: dict[str, Any],
     eval_seconds: float,
+    data: dict[str, Any] | None = None,
 ) -> None:
-    """Write stage ``stage`` (1-based)'s checkpoint, switch the manifest to it, drop older ones."""
+    """Write stage ``stage`` (1-based)'s checkpoint, switch the manifest to it, drop older ones.
+
+    ``data``: the fingerprint of the run's data files (kept from manifest to manifest)."""
     model = method.model
     ckpt = out / CHECKPOINT_DIR
     name = stage_dir_name(stage)
@@ -360,6 +367,7 @@ def save_checkpoint(
         trainable=sorted(n for n, p in model.named_parameters() if p.requires_grad),
         training=model.training,
         eval_seconds=round(eval_seconds, 3),
+        **({"data": data} if data is not None else {}),
     )
     write_manifest(out, manifest)
     for old in ckpt.glob("stage-*"):
@@ -369,13 +377,21 @@ def save_checkpoint(
 
 def load_checkpoint(out: Path, manifest: dict[str, Any], method: Method, tracker: TrainableTracker) -> list[str]:
     """Restore method state, saved tensors, ``requires_grad`` flags, mode and RNG; returns skipped names."""
-    folder = out / CHECKPOINT_DIR / manifest["dir"]
-    try:
-        method_state = torch.load(folder / METHOD_FILE, map_location="cpu", weights_only=True)
-        tensors = load_safetensors((folder / MODEL_FILE).read_bytes())
-        rng = torch.load(folder / RNG_FILE, weights_only=True)
-    except (OSError, RuntimeError) as e:
-        raise RunDirError(f"cannot resume {out}: checkpoint {folder} cannot be read ({e})") from None
+    folder = out / CHECKPOINT_DIR / str(manifest["dir"])
+
+    def read(name: str, load: Any) -> Any:
+        try:
+            return load(folder / name)
+        except Exception as e:  # safetensors, pickle and torch raise many types for a damaged file
+            raise RunDirError(
+                f"cannot resume {out}: checkpoint file {folder / name} cannot be read ({type(e).__name__}: {e}); "
+                "it is damaged or cut short (a full disk, a copy interrupted), so the trained state of stage "
+                f"{manifest.get('stage')} is lost: start a new run (another --output)"
+            ) from None
+
+    method_state = read(METHOD_FILE, lambda p: torch.load(p, map_location="cpu", weights_only=True))
+    tensors = read(MODEL_FILE, lambda p: load_safetensors(p.read_bytes()))
+    rng = read(RNG_FILE, lambda p: torch.load(p, weights_only=True))
     method.load_state_dict(method_state)  # first: it may add adapters the tensors belong to
     model = method.model
     params = dict(model.named_parameters())

@@ -54,6 +54,8 @@ def run(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Run directory (default runs/<time>-<name>/).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate config, data and model; print the plan; no training.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in --output from its last finished stage and evaluation cell (same config required).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Run in a non-empty --output that is not an mmcl run; files the run would overwrite are moved into mmcl-displaced-<time>/ there.")] = False,
+    verify_data: Annotated[bool, typer.Option("--verify-data", help="Fingerprint the data files by content (SHA-256), not only size and modification time, so that --resume compares contents.")] = False,
 ) -> None:
     """Run a continual-learning stream. With no CONFIG, runs the embedded default.
 
@@ -73,7 +75,7 @@ def run(
 
     runner = None
     try:
-        runner = Runner(cfg, output_dir=output, console=console, resume=resume)
+        runner = Runner(cfg, output_dir=output, console=console, resume=resume, force=force, verify_data=verify_data)
         if dry_run:
             plan = runner.dry_run()
             _print_plan(plan, runner)

@@ -72,6 +72,8 @@ class BenchmarkConfig(BaseModel):
     train_per_task: NonNegativeInt | None = None  # cap on training samples per task (0 keeps none)
     test_per_task: NonNegativeInt | None = None  # cap on test samples per task
     seed: Seed | None = None  # data seed; None = 0 (fixed across run seeds)
+    # images larger than this (width x height) are refused before they are decoded; None = no limit
+    max_image_pixels: int | None = Field(default=40_000_000, ge=1)
 
     def options(self) -> dict[str, Any]:
         """The benchmark-specific options (keys not declared above)."""
@@ -221,6 +223,17 @@ class RunConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_file_name(cls, value: str) -> str:
+        from mmcl.utils.paths import name_problem  # the run name becomes part of the default run directory
+
+        problem = name_problem(value)
+        if problem is not None:
+            raise ValueError(f"the run name {problem}; it becomes a folder name under runs/ "
+                             "(no '/', '\\', '..', NUL or control characters, no leading '.')")
+        return value
 
 
 _SECTIONS: dict[str, type[BaseModel]] = {

@@ -27,6 +27,7 @@ from mmcl.eval.scorers import Scorer, call_scorer, get_scorer, needs_sample, sam
 from mmcl.report.markdown import write_report
 from mmcl.report.results import RESULTS_FILE, load_results, row_labels, track_metrics, write_matrix_csv
 from mmcl.utils.io import atomic_write_json, atomic_write_text
+from mmcl.utils.paths import check_name, inside
 
 PREDICTIONS_DIR = "predictions"
 ZERO_SHOT_STAGE = "zero-shot"
@@ -125,19 +126,32 @@ def rescore_run(run_dir: str | Path, scorer: str, tasks: Sequence[str] | None = 
     Raises ``UnknownNameError`` (listing valid scorers) for an unknown ``scorer``,
     ``ResultsError`` for a bad run directory, ``FileNotFoundError`` naming every missing
     stage/task predictions file, and ``DataError`` (file, line, field) for malformed lines.
+    Task names from results.json are checked like a benchmark's (no path separators, ``..``...),
+    every path is checked to stay inside ``run_dir``, and the run directory is locked while it
+    is rewritten (a running ``mmcl run`` on it refuses the rescore, see :mod:`mmcl.rundir`).
+
     Returns the updated results.
     """
+    from mmcl.rundir import RunLock
+
     fn = get_scorer(scorer)
     run_dir = Path(run_dir)
     results = load_results(run_dir)
     task_names: list[str] = results["tasks"]
+    for task in task_names:
+        check_name(task, f"{run_dir / RESULTS_FILE}: task name")
     if tasks is not None:
         unknown = [t for t in tasks if t not in task_names]
         if unknown:
             raise ValueError(f"unknown task(s) {', '.join(unknown)} in {run_dir}; tasks: {', '.join(task_names)}")
-    chosen = set(task_names if tasks is None else tasks)
+    with RunLock(run_dir, "mmcl rescore"):
+        return _rescore(run_dir, results, scorer, fn, set(task_names if tasks is None else tasks))
+
+
+def _rescore(run_dir: Path, results: dict[str, Any], scorer: str, fn: Scorer, chosen: set[str]) -> dict[str, Any]:
+    task_names: list[str] = results["tasks"]
     primary = results["matrix"]["primary"]
-    pred_root = run_dir / PREDICTIONS_DIR
+    pred_root = inside(run_dir, PREDICTIONS_DIR)
 
     # (row index or None for zero-shot, task index, stage dir name)
     cells: list[tuple[int | None, int, str]] = []
@@ -171,7 +185,7 @@ def rescore_run(run_dir: str | Path, scorer: str, tasks: Sequence[str] | None = 
     problems: list[DataProblem] = []
     loaded = []
     for t, j, stage in cells:
-        path = pred_root / stage / f"{task_names[j]}.jsonl"
+        path = inside(run_dir, PREDICTIONS_DIR, stage, f"{task_names[j]}.jsonl")
         rows = _read_predictions(path, problems)
         if needs_sample(fn):
             _check_sample_context(path, rows, scorer, problems)

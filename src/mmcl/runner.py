@@ -61,6 +61,7 @@ from mmcl.train.encode import Encoded, Encoder
 from mmcl.train.loop import TrainStats, num_update_steps, train_on
 from mmcl.utils.host import cpu_signature, host_info
 from mmcl.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from mmcl.utils.paths import inside
 
 PRIMARY = "primary"
 DUAL_PRESET = "tiny-janus"  # the default model of streams with image answers
@@ -74,7 +75,7 @@ def seed_everything(seed: int) -> None:
 
 def default_output_dir(cfg: RunConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{cfg.name}-{cfg.benchmark.name}-{cfg.method.name}-s{cfg.seed}"
+    return inside(Path("runs"), f"{stamp}-{cfg.name}-{cfg.benchmark.name}-{cfg.method.name}-s{cfg.seed}")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -177,8 +178,15 @@ class Runner:
         output_dir: str | Path | None = None,
         console: Console | None = None,
         resume: bool = False,
+        force: bool = False,
+        verify_data: bool = False,
     ):
+        """``force``: run in a non-empty directory that is not a run (see :mod:`mmcl.rundir`);
+        ``verify_data``: fingerprint the data files by content (SHA-256), not only size and mtime."""
         self.cfg = cfg
+        self.force = force
+        self.verify_data = verify_data
+        self._lock = None  # the run directory's lock, held by the main process while run() writes
         self.console = console or Console(stderr=True)
         if resume and not (output_dir or cfg.output.dir):
             raise ckpt.RunDirError("--resume needs the run directory to continue: pass --output (or output.dir)")
@@ -310,20 +318,78 @@ class Runner:
         )
 
     def dry_run(self) -> Plan:
-        """Validate config, data and model without training: encode one sample of every task."""
+        """Validate config, data and model without training: encode one sample of every task, and check
+        that every prompt fits the model's context (as the run's encoding would)."""
         for t in self.benchmark.tasks:
             for split, samples in (("train", t.train), ("test", t.test)):
                 if samples:
                     try:
-                        self.encoder.encode(samples[:1], with_answer=(split == "train"))
+                        self.encoder.encode(samples[:1], with_answer=(split == "train"), reserve=self._reserve(t, split))
                     except Exception as e:
                         raise ValueError(f"task {t.name!r} ({split}): cannot encode a sample: {e}") from e
+                    self.encoder.check_lengths(samples, with_answer=(split == "train"), reserve=self._reserve(t, split))
         return self.plan()
+
+    def _reserve(self, task: Task, split: str) -> int:
+        """Tokens generation adds after a test prompt (0 for training samples)."""
+        return 0 if split == "train" else int(self.cfg.eval.max_new_tokens or task.max_new_tokens)
 
     # ------------------------------------------------------------------ running
     def run(self) -> Path:
+        """Run the stream into the output directory, holding its lock throughout (see :mod:`mmcl.rundir`)."""
+        created = not self.output_dir.exists()
+        try:
+            return self._run()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+                if created and self.output_dir.is_dir() and not any(self.output_dir.iterdir()):
+                    self.output_dir.rmdir()  # refused before anything was written: leave no empty folder
+
+    def _take_run_dir(self) -> ckpt.ResumePoint | None:
+        """(Main process.) Refuse a foreign directory, lock the run directory, inspect it, check the data."""
+        from mmcl.rundir import RunLock, check_foreign
+
         out = self.output_dir
-        point = self._on_main(ckpt.inspect_run_dir, out, self.cfg, self.resume)
+        note = check_foreign(out, self.force)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OSError(f"output directory {out} is not writable: {e}") from None
+        self._lock = RunLock(out, "mmcl run --resume" if self.resume else "mmcl run").acquire()
+        for line in (note, self._lock.note):
+            if line:
+                self.console.print(escape(line), highlight=False, soft_wrap=True)
+        point = ckpt.inspect_run_dir(out, self.cfg, self.resume)
+        self._data = self._check_data(point)
+        return point
+
+    def _check_data(self, point: ckpt.ResumePoint | None) -> dict[str, Any] | None:
+        """The data fingerprint to record: the saved one on resume (after refusing changed data), else a new one."""
+        from mmcl.data.fingerprint import data_changes, data_files, fingerprint
+
+        files = data_files(self.benchmark)
+        saved = point.manifest.get("data") if point is not None and point.manifest is not None else None
+        if saved is None:
+            return fingerprint(files, content=self.verify_data)
+        changes = data_changes(saved, verify=self.verify_data)
+        changes += [f"{f}: a data file the run did not read when it started" for f in map(str, files) if f not in saved]
+        if changes:
+            shown = "\n".join(f"  - {c}" for c in changes[:20]) + (f"\n  ... and {len(changes) - 20} more" if len(changes) > 20 else "")
+            raise ckpt.RunDirError(
+                f"cannot resume {self.output_dir}: the data changed since the run started, so its finished cells "
+                f"and the ones still to evaluate would not be on the same data:\n{shown}\n"
+                "Put the data back as it was, or start a new run (another --output) on the new data."
+            )
+        if self.verify_data and not any("sha256" in v for v in saved.values()):
+            self.console.print("[dim]--verify-data: the run was started without it; its data files were compared "
+                               "by size and modification time[/]")
+        return saved
+
+    def _run(self) -> Path:
+        out = self.output_dir
+        point = self._on_main(self._take_run_dir)
         if point is not None and point.complete:
             self.already_complete = True
             self.console.print(f"nothing to do: the run in {escape(str(out))} is already complete")
@@ -335,7 +401,7 @@ class Runner:
                     out.mkdir(parents=True, exist_ok=True)
                     atomic_write_text(out / "config.yaml", to_yaml(self.cfg))
                 if point is None or point.manifest is None:
-                    ckpt.start_manifest(out, self.cfg)
+                    ckpt.start_manifest(out, self.cfg, data=self._data)
             except OSError as e:
                 raise OSError(f"output directory {out} is not writable: {e}") from None
 
@@ -487,7 +553,7 @@ class Runner:
         self._on_main(
             ckpt.save_checkpoint,
             self.output_dir, cfg, t + 1, label or task.name, self.method, self.tracker,
-            state.stage_stats[-1], getattr(self, "_eval_seconds", 0.0),
+            state.stage_stats[-1], getattr(self, "_eval_seconds", 0.0), data=getattr(self, "_data", None),
         )
 
     def _train_extra(self, samples: list[Sample], label: str, **overrides: Any) -> dict[str, Any]:
@@ -516,7 +582,8 @@ class Runner:
 
     def _encoded_test(self, task: Task) -> list[Encoded]:
         if task.name not in self._test_cache:
-            self._test_cache[task.name] = self.encoder.encode(task.test, with_answer=False)
+            self._test_cache[task.name] = self.encoder.encode(task.test, with_answer=False,
+                                                              reserve=self._reserve(task, "test"))
         return self._test_cache[task.name]
 
     def _evaluate_all(self, stage_dir: str, tasks: list[Task], stage: int, reuse: bool = False) -> dict[str, TaskResult]:
@@ -527,7 +594,7 @@ class Runner:
         results: dict[str, TaskResult] = {}
         computed = 0
         for task in tasks:
-            path = self.output_dir / "predictions" / stage_dir / f"{task.name}.jsonl"
+            path = inside(self.output_dir, "predictions", stage_dir, f"{task.name}.jsonl")
             saved = self._on_main(ckpt.load_cell, path, task) if reuse else None
             if saved is not None:
                 results[task.name] = saved
@@ -559,7 +626,7 @@ class Runner:
 
     def _save_images(self, stage_dir: str, task: Task, res: TaskResult) -> None:
         """Write the generated images of ``res`` as PNGs next to the predictions; rows keep their path."""
-        folder = self.output_dir / "predictions" / stage_dir / task.name
+        folder = inside(self.output_dir, "predictions", stage_dir, task.name)
         for r in res.predictions:
             image = r.pop(IMAGE_KEY, None)
             if image is None or not self.cfg.eval.save_predictions:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from mmcl.data.errors import DataError, DataProblem
-from mmcl.data.sample import Sample
+from mmcl.data.sample import Sample, too_many_pixels
 
 IMAGE_TOKEN = "<image>"
 ROLES = ("human", "gpt")
@@ -41,49 +41,33 @@ ImageCheckSource = Path | Callable[[], bytes | str | Path | None]
 
 
 def image_error(source: ImageCheckSource) -> str | None:
-    """Open an image with PIL and ``verify()`` it; return what is wrong, or None if it is fine."""
+    """Open an image with PIL, check its size against the pixel limit, ``verify()`` it and decode it
+    in full (``load()``: ``verify()`` alone passes PNGs with valid CRCs over corrupt compressed data);
+    return what is wrong, or None if it is fine."""
     try:
         if callable(source):
             source = source()
             if source is None:
                 return "image is empty (no bytes and no path)"
             if isinstance(source, bytes):
-                with Image.open(io.BytesIO(source)) as im:
-                    im.verify()
-                    fmt = im.format
-                if fmt == "JPEG" and not _ends_like_jpeg(source):
-                    with Image.open(io.BytesIO(source)) as im:
-                        im.load()
-                return None
+                return _decode_error(lambda: io.BytesIO(source), "")  # type: ignore[arg-type]
         path = Path(source)
         if not path.is_file():
             return f"image file not found: {path}"
-        with Image.open(path) as im:
-            im.verify()
-            fmt = im.format
-        if fmt == "JPEG" and not _ends_like_jpeg(_tail(path)):
-            with Image.open(path) as im:
-                im.load()  # decode fully: raises "image file is truncated" when it is
+        return _decode_error(lambda: path, f" {path}")
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError...)
         what = f" {source}" if isinstance(source, (str, Path)) else ""
         return f"image{what} is unreadable or truncated ({type(e).__name__}: {e})"
+
+
+def _decode_error(open_source: Callable[[], Any], what: str) -> str | None:
+    with Image.open(open_source()) as im:
+        if (big := too_many_pixels(im.size)) is not None:
+            return big.replace("image is", f"image{what} is", 1)
+        im.verify()
+    with Image.open(open_source()) as im:
+        im.load()  # decode fully: truncated or corrupt data fails here
     return None
-
-
-def _tail(path: Path, n: int = 64) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - n))
-        return f.read()
-
-
-def _ends_like_jpeg(data: bytes) -> bool:
-    """True when the data ends with the JPEG end-of-image marker (trailing padding allowed).
-
-    PIL's ``verify()`` reads only a JPEG's header, so a truncated JPEG passes it; one without
-    the end marker is decoded in full to find out (a few valid files carry trailing data).
-    """
-    return data[-64:].rstrip(b"\x00\r\n \t").endswith(b"\xff\xd9")
 
 
 def _check_all(sources: list[ImageCheckSource]) -> list[str | None]:
@@ -209,6 +193,9 @@ def read_json_records(path: str | Path) -> JsonRecords:
                 out.problems.append(
                     DataProblem(file, f"not valid JSON: {e.msg} (column {e.colno})", item=lineno, line=True)
                 )
+            except RecursionError:
+                out.problems.append(DataProblem(file, TOO_DEEP, item=lineno, line=True))
+        _check_text(out)
         return out
 
     try:
@@ -221,13 +208,58 @@ def read_json_records(path: str | Path) -> JsonRecords:
             DataProblem(file, f"not valid JSON: {e.msg} (line {e.lineno}, column {e.colno}){hint}")
         )
         return out
+    except RecursionError:
+        out.problems.append(DataProblem(file, TOO_DEEP))
+        return out
     if not isinstance(data, list):
         out.problems.append(
             DataProblem(file, f"the top level must be a JSON array of items, got {_json_type(data)}")
         )
         return out
     out.records = list(enumerate(data))
+    _check_text(out)
     return out
+
+
+TOO_DEEP = "not readable: its JSON is nested too deeply (more levels of arrays/objects than Python can read)"
+
+
+def _bad_text_fields(value: Any) -> list[str]:
+    """Field paths (``conversations[0].value``) of the strings in ``value`` that cannot be encoded
+    as UTF-8: lone surrogates, which JSON's ``\\udXXX`` escapes can produce. Keys are checked too."""
+    found: list[str] = []
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                found.append(where)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                key = f"{where}.{k}" if where else str(k)
+                try:
+                    str(k).encode("utf-8")
+                except UnicodeEncodeError:
+                    found.append(key.encode("utf-8", "backslashreplace").decode("utf-8"))
+                    continue
+                stack.append((key, x))
+        elif isinstance(v, list):
+            stack += [(f"{where}[{i}]", x) for i, x in enumerate(v)]
+    return sorted(found)
+
+
+def _check_text(out: JsonRecords) -> None:
+    """Add a problem for every string of the records that is not valid Unicode text (lone surrogates)."""
+    for loc, record in out.records:
+        for where in _bad_text_fields(record):
+            out.problems.append(DataProblem(
+                out.file,
+                "holds a lone surrogate (an unpaired \\ud800-\\udfff escape): not valid Unicode text, "
+                "which no tokenizer can encode; fix the escape or remove the character",
+                item=loc, field=where or None, line=out.by_line,
+            ))
 
 
 def _json_type(value: Any) -> str:

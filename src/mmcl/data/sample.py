@@ -13,6 +13,29 @@ from mmcl.data.errors import DataError, DataProblem
 
 ImageSource = Image.Image | str | Path | Callable[[], Image.Image] | None
 
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+_max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+
+
+def set_max_image_pixels(limit: int | None) -> None:
+    """The largest image (width x height) a sample may load; None = no limit (``benchmark.max_image_pixels``)."""
+    global _max_image_pixels
+    _max_image_pixels = limit
+
+
+def max_image_pixels() -> int | None:
+    return _max_image_pixels
+
+
+def too_many_pixels(size: tuple[int, int]) -> str | None:
+    """What is wrong with an image of ``size`` (width, height) under the pixel limit, or None."""
+    limit = _max_image_pixels
+    w, h = size
+    if limit is not None and w * h > limit:
+        return (f"image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} "
+                "(benchmark.max_image_pixels; resize the image, or raise the limit)")
+    return None
+
 
 @dataclass
 class Sample:
@@ -60,7 +83,11 @@ class Sample:
                 img = img()
             if isinstance(img, (str, Path)):
                 with Image.open(img) as f:
+                    if (big := too_many_pixels(f.size)) is not None:  # before decoding: no allocation
+                        raise ValueError(big)
                     img = f.convert("RGB")
+            elif isinstance(img, Image.Image) and (big := too_many_pixels(img.size)) is not None:
+                raise ValueError(big)
         except DataError:
             raise
         except (OSError, SyntaxError, ValueError) as e:  # what PIL raises for a missing or broken image

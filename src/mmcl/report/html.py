@@ -73,6 +73,7 @@ from mmcl.report.results import (
     track_zero_shot,
 )
 from mmcl.utils.io import atomic_write_bytes, atomic_write_text
+from mmcl.utils.paths import inside
 
 FIGURES_SUFFIX = "-figures"
 TOP_FORGETTING_TASKS = 3
@@ -567,9 +568,8 @@ def lost_examples(run_dir: Path, results: dict[str, Any], case: ForgettingCase, 
     then question id. Raises OSError / ValueError / KeyError when a file is missing or malformed.
     """
     scorer = ((results.get("scorers") or {}).get(case.task) or [None])[0]
-    pred_dir = Path(run_dir) / "predictions"
-    best = _read_predictions(pred_dir / f"stage-{case.best_stage:02d}" / f"{case.task}.jsonl")
-    final = _read_predictions(pred_dir / f"stage-{case.final_stage:02d}" / f"{case.task}.jsonl")
+    best = _read_predictions(inside(run_dir, "predictions", f"stage-{case.best_stage:02d}", f"{case.task}.jsonl"))
+    final = _read_predictions(inside(run_dir, "predictions", f"stage-{case.final_stage:02d}", f"{case.task}.jsonl"))
     found = []
     for qid, b in best.items():
         f = final.get(qid)
@@ -700,7 +700,8 @@ def _examples_for_group(group: RunGroup, images: SampleImages) -> str:
         ((d, r) for d, r in group.members if (d / "predictions").is_dir()), group.members[0]
     )
     cases = largest_drops(results)
-    head = f"<h3>{escape(group.label)}</h3><p>Run <code>{escape(str(run_dir))}</code> (seed {results['seed']}).</p>"
+    head = (f"<h3>{escape(group.label)}</h3><p>Run <code>{escape(str(run_dir))}</code> "
+            f"(seed {escape(str(results['seed']))}).</p>")
     if not cases:
         return head + "<p>No task lost primary score between its best stage and the end.</p>"
     if not (run_dir / "predictions").is_dir():

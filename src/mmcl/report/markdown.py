@@ -57,6 +57,24 @@ def _esc(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+_MD_SPECIAL = re.compile(r"([\\`*{}\[\]<>()#+!~&])")
+
+
+def md_text(value: Any) -> str:
+    """A value from results.json as literal Markdown text: one line, Markdown and HTML characters
+    backslash-escaped (a run or model name cannot open a tag, a link or emphasis)."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
+
+
+def md_code(value: Any) -> str:
+    """A value as a Markdown code span (shown literally, HTML included), fenced with more backticks
+    than it contains so that a backtick in a name cannot end the span early."""
+    text = " ".join(str(value).split())
+    fence = "`" * (max((len(r) for r in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str = "r") -> str:
     lines = ["| " + " | ".join(_esc(h) for h in header) + " |"]
     lines.append("|" + "|".join([":---"] + [("---:" if align == "r" else ":---")] * (len(header) - 1)) + "|")
@@ -93,7 +111,7 @@ def _metrics_section(results: dict[str, Any]) -> str:
     for track in track_names(results):
         m = track_metrics(results, track)
         used = len(track_task_indices(results, track))
-        rows.append([f"`{track}`", f"{used}/{n}", *(fmt_score(m.get(k)) for k, _ in METRIC_COLUMNS)])
+        rows.append([md_code(track), f"{used}/{n}", *(fmt_score(m.get(k)) for k, _ in METRIC_COLUMNS)])
     header = ["track", "tasks", *(label for _, label in METRIC_COLUMNS)]
     note = (
         "Scores ×100. `primary` uses each task's first declared scorer; a scorer track is "
@@ -107,7 +125,7 @@ def _metrics_section(results: dict[str, Any]) -> str:
 def _tasks_section(results: dict[str, Any]) -> str:
     declared = results.get("scorers") or {}
     rows = [
-        [task_label(j), f"`{t}`", ", ".join(declared.get(t, [])) or MISSING]
+        [task_label(j), md_code(t), md_text(", ".join(map(str, declared.get(t, [])))) or MISSING]
         for j, t in enumerate(results["tasks"])
     ]
     return "## Tasks\n\nIn stream order; the first scorer of a task is its primary one.\n\n" + _table(
@@ -131,8 +149,8 @@ def _matrix_section(run_dir: Path, results: dict[str, Any], heatmaps: bool) -> s
         body = []
         if zero_shot is not None:
             body.append(["zero-shot", *(fmt_score(v) for v in zero_shot)])
-        body += [[label, *(fmt_score(v) for v in row)] for label, row in zip(labels, rows_m, strict=True)]
-        section = f"### `{track}`\n\n"
+        body += [[md_text(label), *(fmt_score(v) for v in row)] for label, row in zip(labels, rows_m, strict=True)]
+        section = f"### {md_code(track)}\n\n"
         if heatmaps and rows_m:
             name = heatmap_filename(track)
             plot_heatmap(
@@ -143,7 +161,7 @@ def _matrix_section(run_dir: Path, results: dict[str, Any], heatmaps: bool) -> s
                 zero_shot=zero_shot,
                 row_labels=[short.get(x, x) for x in labels],
             )
-            section += f"![{track} heatmap]({name})\n\n"
+            section += f"![{md_text(track)} heatmap]({name})\n\n"
         section += (
             _table(["", *(task_label(j) for j in range(len(tasks)))], body)
             if body
@@ -173,19 +191,20 @@ def render_report(run_dir: str | Path, results: dict[str, Any], heatmaps: bool =
     n = len(results["tasks"])
     done = results.get("stages_complete", MISSING)
     head = [
-        f"# {_esc(results['name'])}: `{results['method']}` on `{results['benchmark']}` (seed {results['seed']})",
+        f"# {md_text(results['name'])}: {md_code(results['method'])} on {md_code(results['benchmark'])} "
+        f"(seed {md_text(results['seed'])})",
         "",
         _table(
             ["", ""],
             [
-                ["run", f"`{results['name']}`"],
-                ["benchmark", f"`{results['benchmark']}`"],
-                ["method", f"`{results['method']}`"],
-                ["seed", str(results["seed"])],
-                ["model", _esc(results.get("model", MISSING))],
+                ["run", md_code(results["name"])],
+                ["benchmark", md_code(results["benchmark"])],
+                ["method", md_code(results["method"])],
+                ["seed", md_text(results["seed"])],
+                ["model", md_text(results.get("model", MISSING))],
                 ["tasks", str(n)],
-                ["stages complete", str(done)],
-                ["mmcl version", str(results.get("mmcl_version", MISSING))],
+                ["stages complete", md_text(done)],
+                ["mmcl version", md_text(results.get("mmcl_version", MISSING))],
             ],
             align="l",
         ),

@@ -31,10 +31,12 @@ from typing import Any
 
 import torch
 
+from mmcl.data.errors import DataError, DataProblem
 from mmcl.data.sample import Sample
 from mmcl.models.chat import answer_text, build_prompt
 
 IGNORE_INDEX = -100
+MAX_CHARS_PER_TOKEN = 32  # a prompt longer than this many characters per context position is refused untokenized
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 
 
@@ -68,12 +70,14 @@ class Encoder:
     """
 
     def __init__(self, processor: Any, chunk: int = 64, image_tokenizer: ImageTokenizer | None = None,
-                 boi_token_id: int | None = None) -> None:
+                 boi_token_id: int | None = None, max_positions: int | None = None) -> None:
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.chunk = chunk
         self.image_tokenizer = image_tokenizer
         self.boi_token_id = boi_token_id
+        self.max_positions = max_positions  # the model's context; None = not checked
+        self._image_tokens = 0  # tokens an image adds to a prompt, once measured
         if self.tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer has no pad token; set one before training")
 
@@ -82,30 +86,80 @@ class Encoder:
         """The encoder of a loaded model (``ModelBundle``): with its image tokenizer when it can answer with images."""
         from mmcl.models.dual import boi_token_id, image_tokenizer, supports_image_output
 
+        positions = context_length(bundle.model)
         if supports_image_output(bundle.model):
             return cls(bundle.processor, chunk, image_tokenizer(bundle.model, bundle.processor),
-                       boi_token_id(bundle.processor))
-        return cls(bundle.processor, chunk)
+                       boi_token_id(bundle.processor), max_positions=positions)
+        return cls(bundle.processor, chunk, max_positions=positions)
 
-    def encode(self, samples: Sequence[Sample], with_answer: bool) -> list[Encoded]:
+    def check_lengths(self, samples: Sequence[Sample], with_answer: bool, reserve: int = 0) -> None:
+        """Raise a DataError listing the samples whose prompt (+ answer when training, + ``reserve``
+        generated tokens) cannot fit the model's context, before anything is allocated for them."""
+        prompts = [build_prompt(self.processor, s, with_image=s.image is not None) for s in samples]
+        problems = self._length_problems(samples, prompts, with_answer, reserve)
+        if problems:
+            raise DataError(problems)
+
+    def _length_problems(self, samples: Sequence[Sample], prompts: Sequence[str], with_answer: bool, reserve: int,
+                         measured: Sequence[int] | None = None) -> list[DataProblem]:
+        limit = self.max_positions
+        if limit is None:
+            return []
+        problems = []
+        for k, (s, prompt) in enumerate(zip(samples, prompts, strict=True)):
+            where, field = f"task {s.task!r}, sample {s.id!r}", "question"
+            if measured is None and len(prompt) > MAX_CHARS_PER_TOKEN * limit:
+                problems.append(DataProblem(where, (
+                    f"the prompt is {len(prompt):,} characters, far more than the model's context of {limit:,} "
+                    f"positions can hold (the question is {len(s.question):,} characters); shorten it or leave "
+                    "the item out"), field=field))
+                continue
+            if measured is not None:
+                n = measured[k]
+            else:
+                n = len(self.tokenizer(prompt)["input_ids"]) + (self._image_tokens if s.image is not None else 0)
+            extra, what = reserve, f" + {reserve} new tokens"
+            if with_answer and not s.wants_image:
+                extra = len(self.tokenizer(answer_text(s.answers[0], prompt), add_special_tokens=False)["input_ids"]) + 1
+                what = f" + {extra} answer tokens"
+            if n + extra > limit:
+                problems.append(DataProblem(where, (
+                    f"the prompt is {n:,} tokens{what if extra else ''}, more than the model's context of "
+                    f"{limit:,} positions (the question is {len(s.question):,} characters); shorten it or "
+                    "leave the item out"), field=field))
+        return problems
+
+    def encode(self, samples: Sequence[Sample], with_answer: bool, reserve: int = 0) -> list[Encoded]:
+        """Encode ``samples``; ``reserve``: tokens generation will add (checked against the model's context)."""
         out: list[Encoded | None] = [None] * len(samples)
         with_img = [i for i, s in enumerate(samples) if s.image is not None]
         without = [i for i, s in enumerate(samples) if s.image is None]
         for group, has_image in ((with_img, True), (without, False)):
             for start in range(0, len(group), self.chunk):
                 idx = group[start : start + self.chunk]
-                for i, enc in zip(idx, self._encode_chunk([samples[i] for i in idx], has_image, with_answer), strict=True):
+                for i, enc in zip(idx, self._encode_chunk([samples[i] for i in idx], has_image, with_answer, reserve), strict=True):
                     enc.index = i
                     out[i] = enc
         return [e for e in out if e is not None]
 
-    def _encode_chunk(self, samples: list[Sample], has_image: bool, with_answer: bool) -> list[Encoded]:
+    def _encode_chunk(self, samples: list[Sample], has_image: bool, with_answer: bool,
+                      reserve: int = 0) -> list[Encoded]:
         prompts = [build_prompt(self.processor, s, with_image=has_image) for s in samples]
+        problems = self._length_problems(samples, prompts, with_answer, reserve)  # before padding a batch to them
+        if problems:
+            raise DataError(problems)
         kwargs: dict[str, Any] = {"text": prompts, "return_tensors": "pt", "padding": True}
         if has_image:
             kwargs["images"] = [s.load_image() for s in samples]
         batch = self.processor(**kwargs)
         ids, mask = batch["input_ids"], batch["attention_mask"]
+        if self.max_positions is not None:
+            lengths = mask.sum(-1).tolist()
+            if has_image and not self._image_tokens:
+                self._image_tokens = max(0, int(lengths[0]) - len(self.tokenizer(prompts[0])["input_ids"]))
+            problems = self._length_problems(samples, prompts, with_answer, reserve, measured=lengths)
+            if problems:
+                raise DataError(problems)
         types = batch.get("mm_token_type_ids")
         vision = {k: v for k, v in batch.items() if k not in TEXT_KEYS and isinstance(v, torch.Tensor)}
         per_sample_vision = self._split_vision(vision, len(samples))
@@ -179,6 +233,17 @@ class Encoder:
             else:
                 raise ValueError(f"cannot split processor output {k!r} of shape {tuple(v.shape)} over {n} samples")
         return per
+
+
+def context_length(model: Any) -> int | None:
+    """The model's language context (``max_position_embeddings`` of its text config), or None if it has none."""
+    config = getattr(model, "config", None)
+    for sub in ("text_config", "language_config", None):
+        c = getattr(config, sub, None) if sub else config
+        n = getattr(c, "max_position_embeddings", None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
 
 
 def _stack_vision(batch: Sequence[Encoded]) -> dict[str, torch.Tensor]:
