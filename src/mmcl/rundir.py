@@ -149,11 +149,11 @@ def check_foreign(folder: Path, force: bool) -> str | None:
             f"overwrite are then moved into {folder}/{DISPLACED_PREFIX}<time>/, nothing is deleted)"
         )
     if not clashing:
-        return f"--force: {folder} is not a run directory; its {len(entries)} entr{'y' if len(entries) == 1 else 'ies'} ({shown}) are left as they are"
+        return f"--force: {folder} is not a run directory; nothing in it has a name the run writes, all left in place: {shown}"
     backup = folder / (DISPLACED_PREFIX + datetime.now().strftime("%Y%m%d-%H%M%S"))
     backup.mkdir()
     for name in clashing:
         os.replace(folder / name, backup / name)
     kept = [n for n in entries if n not in clashing]
     return (f"--force: moved {', '.join(clashing)} (names the run writes) from {folder} into {backup}/"
-            + (f"; left {', '.join(kept[:10])}{' ...' if len(kept) > 10 else ''} as they are" if kept else ""))
+            + (f"; left in place: {', '.join(kept[:10])}{' ...' if len(kept) > 10 else ''}" if kept else ""))

@@ -318,8 +318,13 @@ class Runner:
         )
 
     def dry_run(self) -> Plan:
-        """Validate config, data and model without training: encode one sample of every task, and check
-        that every prompt fits the model's context (as the run's encoding would)."""
+        """Validate config, data and model without training (see :meth:`check_samples`)."""
+        self.check_samples()
+        return self.plan()
+
+    def check_samples(self) -> None:
+        """Encode one sample of every task and split, and check that every prompt fits the model's
+        context (as the run's encoding would); raises before anything is written."""
         for t in self.benchmark.tasks:
             for split, samples in (("train", t.train), ("test", t.test)):
                 if samples:
@@ -328,7 +333,6 @@ class Runner:
                     except Exception as e:
                         raise ValueError(f"task {t.name!r} ({split}): cannot encode a sample: {e}") from e
                     self.encoder.check_lengths(samples, with_answer=(split == "train"), reserve=self._reserve(t, split))
-        return self.plan()
 
     def _reserve(self, task: Task, split: str) -> int:
         """Tokens generation adds after a test prompt (0 for training samples)."""
@@ -337,6 +341,7 @@ class Runner:
     # ------------------------------------------------------------------ running
     def run(self) -> Path:
         """Run the stream into the output directory, holding its lock throughout (see :mod:`mmcl.rundir`)."""
+        self.check_samples()  # what --dry-run checks, before the run directory is touched
         created = not self.output_dir.exists()
         try:
             return self._run()
@@ -553,7 +558,7 @@ class Runner:
         self._on_main(
             ckpt.save_checkpoint,
             self.output_dir, cfg, t + 1, label or task.name, self.method, self.tracker,
-            state.stage_stats[-1], getattr(self, "_eval_seconds", 0.0), data=getattr(self, "_data", None),
+            state.stage_stats[-1], getattr(self, "_eval_seconds", 0.0), getattr(self, "_data", None),
         )
 
     def _train_extra(self, samples: list[Sample], label: str, **overrides: Any) -> dict[str, Any]:
