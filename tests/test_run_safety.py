@@ -218,6 +218,24 @@ def test_second_writer_is_refused_while_a_run_holds_the_directory(tiny_llava_dir
     assert "is in use" not in err  # the first run saw nothing of the refused ones
 
 
+@pytest.mark.slow
+def test_two_plain_runs_started_together_on_one_output(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    """The probe as found: two plain runs started at once on one new --output. One runs to the end;
+    the other is refused (by the lock, or, when it starts late, because the directory holds a run)."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    cmd = [sys.executable, "-m", "mmcl.cli", *run_args(tiny_llava_dir, out, "train.max_steps=10")]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    errs = [p.communicate(timeout=900)[1] for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], errs
+    loser = " ".join(errs[codes.index(2)].split())
+    assert f"error: {out} is in use by mmcl run (pid {procs[codes.index(0)].pid} on " in loser or (
+        f"error: {out} already holds a run (config.yaml); use --resume to continue it" in loser), loser
+    assert json.loads((out / "results.json").read_text())["stages_complete"] == 3
+    assert read_manifest(out)["complete"] is True and not (out / LOCK_FILE).exists()
+
+
 def test_lock_names_the_holder_and_is_released_with_the_process(tmp_path: Path) -> None:
     """The lock is the kernel's: a holder that dies (even by SIGKILL) no longer blocks anyone."""
     out = tmp_path / "run"
