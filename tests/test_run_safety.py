@@ -338,6 +338,19 @@ def test_truncated_checkpoint_on_resume(tiny_llava_dir: Path, data: Path, tmp_pa
     assert "it is damaged or cut short (a full disk, a copy interrupted), so the trained state of stage 1 is lost" in text
 
 
+def test_truncated_model_weights(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    d = tmp_path / "cut-model"
+    shutil.copytree(tiny_llava_dir, d)
+    weights = d / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    code, text = invoke(["run", "--dry-run", "--set", f"model.path={d}"], "truncated model weights")
+    assert code == 2
+    assert (f"{d}: cannot load the model weights: a weights file is damaged or cut short ({weights}; "
+            "SafetensorError: ") in text and "copy the checkpoint again" in text
+
+
 def test_deeply_nested_json(tiny_llava_dir: Path, data: Path) -> None:
     deep = data / "deep.json"
     deep.write_text("[" * 100_000 + "]" * 100_000)

@@ -678,7 +678,7 @@ class Runner:
             "stats": state.stage_stats[-1] if state.stage_stats else {},
             "time": datetime.now().isoformat(timespec="seconds"),
         }
-        self._on_main(atomic_write_json, self.output_dir / "stages" / f"stage-{t + 1:02d}.json", marker)
+        self._on_main(atomic_write_json, inside(self.output_dir, "stages", f"stage-{t + 1:02d}.json"), marker)
         self._log_stage(f"stage {t + 1}/{len(self.benchmark.tasks)}", task, row, state)
 
     def _log_stage(self, label: str, task: Task | None, row: dict[str, TaskResult], state: RunState) -> None:

@@ -187,6 +187,14 @@ def load_model(cfg: ModelConfig) -> ModelBundle:
         model = cls.from_pretrained(path, local_files_only=True, dtype=resolve_dtype(cfg.dtype))
     except OSError as e:
         raise ModelLoadError(f"{path}: cannot load the model weights: {e}") from None
+    except Exception as e:  # safetensors' SafetensorError (a cut-short file) is no OSError
+        if type(e).__name__ != "SafetensorError":
+            raise
+        files = ", ".join(str(f) for f in sorted(Path(path).glob("*.safetensors"))) or str(path)
+        raise ModelLoadError(
+            f"{path}: cannot load the model weights: a weights file is damaged or cut short ({files}; "
+            f"SafetensorError: {e}); copy the checkpoint again"
+        ) from None
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     if family.name == "janus":  # image generation reads boi/pad/bos from the generation config

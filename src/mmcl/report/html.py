@@ -164,7 +164,7 @@ class FigureSink:
     def add(self, name: str, fig: Figure, caption: str) -> str:
         """Save ``fig`` as ``folder/name`` and return a ``<figure>`` with it as a data URI."""
         png = figure_png(fig)
-        path = self.folder / name
+        path = inside(self.folder, name)
         atomic_write_bytes(path, png)
         self.written.append(path)
         return (

@@ -22,6 +22,7 @@ from mmcl.report.results import (
     track_zero_shot,
 )
 from mmcl.utils.io import atomic_write_text
+from mmcl.utils.paths import inside
 
 REPORT_FILE = "report.md"
 MISSING = "–"
@@ -156,7 +157,7 @@ def _matrix_section(run_dir: Path, results: dict[str, Any], heatmaps: bool) -> s
             plot_heatmap(
                 rows_m,
                 tasks,
-                run_dir / name,
+                inside(run_dir, name),
                 f"{results['name']}: {track} (×100)",
                 zero_shot=zero_shot,
                 row_labels=[short.get(x, x) for x in labels],
@@ -226,6 +227,6 @@ def render_report(run_dir: str | Path, results: dict[str, Any], heatmaps: bool =
 def write_report(run_dir: str | Path, results: dict[str, Any]) -> Path:
     """Write ``RUN_DIR/report.md`` and one ``heatmap-<track>.png`` per matrix track; return the report path."""
     run_dir = Path(run_dir)
-    path = run_dir / REPORT_FILE
+    path = inside(run_dir, REPORT_FILE)
     atomic_write_text(path, render_report(run_dir, results))
     return path

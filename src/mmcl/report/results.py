@@ -18,6 +18,7 @@ from typing import Any
 
 from mmcl.metrics import compute_metrics, compute_metrics_subset
 from mmcl.utils.io import atomic_write_text
+from mmcl.utils.paths import inside
 
 Matrix = list[list[float | None]]
 
@@ -222,6 +223,6 @@ def write_matrix_csv(run_dir: str | Path, results: dict[str, Any]) -> Path:
     then one row per evaluated stage (``1`` = after training the first task). Scores are
     in [0, 1], rounded to 6 decimals; an empty cell is a task without that scorer.
     """
-    path = Path(run_dir) / MATRIX_CSV
+    path = inside(run_dir, MATRIX_CSV)
     atomic_write_text(path, matrix_csv_text(results))
     return path
