@@ -22,7 +22,7 @@ from rich.table import Table
 
 from mmcl import __version__
 from mmcl.metrics import summarize_seeds
-from mmcl.report.markdown import MISSING
+from mmcl.report.markdown import MISSING, md_inline, md_text
 from mmcl.report.results import METRIC_KEYS, load_results, track_metrics
 from mmcl.utils.io import atomic_write_json, atomic_write_text
 
@@ -277,10 +277,12 @@ def render_markdown(table: ComparisonTable) -> str:
         "|" + "|".join([":---"] * 3 + ["---:"] * (len(header) - 3)) + "|",
     ]
     for row in table.rows:
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(row)) + " |")
+        cells = _cells(row)
+        cells[:3] = [md_text(c) for c in cells[:3]]  # name, method, benchmark: from results.json
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", _legend(table)]
     if table.notes:
-        lines += ["", "Notes:", ""] + [f"- {n}" for n in table.notes]
+        lines += ["", "Notes:", ""] + [f"- {md_inline(n)}" for n in table.notes]
     return "\n".join(lines) + "\n"
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from mmcl.data.sample import Task
 from mmcl.report.cross_modal import cross_modal_transfer
+from mmcl.report.markdown import md_code, md_inline, md_text
 
 PRIMARY = "primary"
 RATE_TRACKS = {"Avg.HAL": "hal", "Avg.IUF": "iuf", "Avg.OTH": "oth"}
@@ -111,7 +112,7 @@ def continual_next_section(run_dir: str | Path, results: dict[str, Any], example
                   "| after stage | HAL | IUF | OTH |", "|---|---:|---:|---:|"]
         for t in range(len(tasks)):
             rates = [_seen_average([matrix[k][t][: t + 1]]) for k in RATE_TRACKS.values()]
-            lines.append(f"| {t + 1} ({tasks[t]}) | " + " | ".join(_f(r) for r in rates) + " |")
+            lines.append(f"| {t + 1} ({md_code(tasks[t])}) | " + " | ".join(_f(r) for r in rates) + " |")
     last = len(tasks)
     gallery = []
     for j, task in enumerate(tasks):
@@ -119,13 +120,14 @@ def continual_next_section(run_dir: str | Path, results: dict[str, Any], example
         if not own:
             continue
         final = {r["question_id"]: r for r in _image_rows(run_dir, last, task)} if last != j + 1 else own
-        gallery += [f"**{task}** (after its own stage {j + 1} / after the last stage {last}; "
+        gallery += [f"**{md_code(task)}** (after its own stage {j + 1} / after the last stage {last}; "
                     "an empty cell: no image was produced):", "",
                     "| prompt | own stage | last stage |", "|---|---|---|"]
         for qid, r in list(own.items())[:examples]:
             after = final.get(qid)
-            cell = f"![]({after['image']})" if after else "(no image)"
-            gallery.append(f"| {r.get('question', qid)} | ![]({r['image']}) | {cell} |")
+            cell = f"![]({md_text(after['image'])})" if after else "(no image)"
+            question = md_text(r.get("question", qid)).replace("|", "\\|")
+            gallery.append(f"| {question} | ![]({md_text(r['image'])}) | {cell} |")
         gallery.append("")
     if gallery:
         lines += ["", "### Generated images before and after forgetting", "", *gallery]
@@ -163,10 +165,10 @@ def compare_cnext(run_dirs: list[str | Path], out_dir: str | Path | None = None)
              "|---|---|---:|" + "---:|" * len(COMPARE_HEADERS)]
     for row in rows:
         n = len(row["seeds"])
-        lines.append(f"| {row['name']} | {row['method']} | {n} | "
+        lines.append(f"| {md_text(row['name'])} | {md_text(row['method'])} | {n} | "
                      + " | ".join(fmt_stat(row["stats"][k], n) for k in COMPARE_KEYS) + " |")
     text = "\n".join(["# Continual-NExT comparison (x100, mean ± std over seeds)", "", *lines, "",
-                      *(f"- {x}" for x in notes)]) + "\n"
+                      *(f"- {md_inline(x)}" for x in notes)]) + "\n"
     out = {"protocol": "cnext", "markdown": text,
            "rows": [{**{k: v for k, v in r.items() if k != "stats"},
                      "stats": {k: s.to_dict() for k, s in r["stats"].items()}} for r in rows], "notes": notes}

@@ -67,6 +67,12 @@ def md_text(value: Any) -> str:
     return _MD_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
 
 
+def md_inline(text: Any) -> str:
+    """A sentence that may hold names from results.json (notes): HTML and link brackets escaped,
+    its own `code` spans kept."""
+    return re.sub(r"([<>&\[\]])", r"\\\1", " ".join(str(text).split()))
+
+
 def md_code(value: Any) -> str:
     """A value as a Markdown code span (shown literally, HTML included), fenced with more backticks
     than it contains so that a backtick in a name cannot end the span early."""

@@ -35,7 +35,7 @@ from rich.table import Table
 
 from mmcl import __version__
 from mmcl.report.compare import GROUP_KEY, Stat, fmt_stat, group_notes, group_runs
-from mmcl.report.markdown import MISSING, fmt_score
+from mmcl.report.markdown import MISSING, fmt_score, md_inline, md_text
 from mmcl.report.results import (
     Matrix,
     compute_track_metrics,
@@ -170,7 +170,7 @@ def render_msvqa_markdown(summary: dict[str, Any]) -> str:
     header = ["scope", "tasks", "VQA / F1 tasks", *(PROTOCOL_LABELS[k] for k in SUMMARY_KEYS)]
     rows = [
         [
-            scope,
+            md_text(scope),
             str(len(e["tasks"])),
             f"{e['vqa_tasks']} / {e['f1_tasks']}",
             *(fmt_score(e[k]) for k in SUMMARY_KEYS),
@@ -311,12 +311,12 @@ def render_protocol_markdown(cmp: ProtocolComparison) -> str:
     lines = [
         f"# Comparison ({cmp.protocol} protocol)",
         "",
-        _md_table(_header(), _rows(cmp)),
+        _md_table(_header(), [[md_text(c) for c in r[:2]] + [r[2], md_text(r[3]), *r[4:]] for r in _rows(cmp)]),
         "",
         _legend(cmp),
     ]
     if cmp.notes:
-        lines += ["", "Notes:", ""] + [f"- {n}" for n in cmp.notes]
+        lines += ["", "Notes:", ""] + [f"- {md_inline(n)}" for n in cmp.notes]
     return "\n".join(lines) + "\n"
 
 
