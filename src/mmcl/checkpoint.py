@@ -11,8 +11,10 @@ A run directory (see :mod:`mmcl.runner`) gains a ``checkpoint/`` folder::
 config without the keys in :data:`IGNORED_KEYS`), ``stage`` (1-based: stages 1..stage are
 trained; 0 = none yet), ``task``, ``dir`` (the stage-XX folder), ``stats`` (the stage's training
 statistics), ``trainable`` (parameter names with ``requires_grad`` when saved), ``training``
-(the model's train/eval mode), ``eval_seconds`` (evaluation time so far) and ``complete`` (true
-once results.json, matrix.csv and the report are written). Only the latest stage's folder is
+(the model's train/eval mode), ``eval_seconds`` (evaluation time so far), ``complete`` (true
+once results.json, matrix.csv and the report are written) and ``data`` (the data files'
+fingerprint from when the run started, see :mod:`mmcl.data.fingerprint`; ``--resume`` refuses
+data changed since). Only the latest stage's folder is
 kept: a new one is written in full, the manifest is switched to it, then older folders go.
 
 **What "the model's trainable state" is.** Every parameter a method added to the base model

@@ -227,12 +227,15 @@ class RunConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name_is_a_file_name(cls, value: str) -> str:
+        from pydantic_core import PydanticCustomError
+
         from mmcl.utils.paths import name_problem  # the run name becomes part of the default run directory
 
         problem = name_problem(value)
         if problem is not None:
-            raise ValueError(f"the run name {problem}; it becomes a folder name under runs/ "
-                             "(no '/', '\\', '..', NUL or control characters, no leading '.')")
+            raise PydanticCustomError("unsafe_name", "the run name {problem}; it becomes a folder name under runs/ "
+                                      "(no '/', '\\', '..', NUL or control characters, no leading '.')",
+                                      {"problem": problem})
         return value
 
 

@@ -9,11 +9,20 @@ Output directory layout::
     stages/stage-XX.json             stage-complete markers (written last, atomically)
     checkpoint/                      the latest stage's trainable weights, method state, RNG (resume point)
     report.md, heatmap-<track>.png
+    mmcl.lock                        held (flock) by the process writing the run; see mmcl.rundir
 
 Every file is written atomically (temporary file, fsync, rename). Predictions are written
 per task as each evaluation cell finishes. ``Runner(..., resume=True)`` (``mmcl run --resume``)
 continues an interrupted run from its last finished stage and evaluation cell; see
 :mod:`mmcl.checkpoint` for the checkpoint layout and what a resume restores.
+
+Safety: file names come from names checked by :func:`mmcl.utils.paths.check_name` (the run name
+at config validation, task names when the benchmark is built), and every path built from them
+goes through :func:`mmcl.utils.paths.inside` (it must resolve inside the run directory). The run
+directory is locked for the whole run, a non-empty directory that is not a run is refused
+unless ``force`` (:mod:`mmcl.rundir`), and the manifest records the data files' fingerprint,
+which ``--resume`` compares (:mod:`mmcl.data.fingerprint`). Before anything is written, every
+prompt is checked against the model's context (:meth:`Runner.check_samples`, as ``--dry-run``).
 
 Several processes (``accelerate launch`` / ``torchrun``, see docs/distributed.md): every process
 builds the same model and method and trains its shard of each batch (DDP); evaluation splits each

@@ -93,6 +93,7 @@ def data_changes(saved: dict[str, dict[str, Any]], verify: bool = False) -> list
                                f"bytes)")
             continue
         if not same_stat:
-            changes.append(f"{name}: changed (size {old.get('size')} -> {now['size']} bytes, modified "
-                           f"{_when(old.get('mtime_ns'))} -> {_when(now['mtime_ns'])})")
+            before, after = _when(old.get("mtime_ns")), _when(now["mtime_ns"])
+            when = f"modified {before} -> {after}" if before != after else f"modified again at {after}"
+            changes.append(f"{name}: changed (size {old.get('size')} -> {now['size']} bytes, {when})")
     return changes
