@@ -376,7 +376,8 @@ class Runner:
             if line:
                 self.console.print(escape(line), highlight=False, soft_wrap=True)
         point = ckpt.inspect_run_dir(out, self.cfg, self.resume)
-        self._data = self._check_data(point)
+        if point is None or not point.complete:  # a finished run reads no data again
+            self._data = self._check_data(point)
         return point
 
     def _check_data(self, point: ckpt.ResumePoint | None) -> dict[str, Any] | None:
