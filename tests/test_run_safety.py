@@ -118,7 +118,7 @@ def test_run_name_with_a_path_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 # ---------------------------------------------------------------------- crafted results.json
-def _crafted_run(tmp_path: Path) -> Path:
+def _crafted_run(tmp_path: Path, markup_task: bool = False) -> Path:
     """A finished run whose results.json was edited: a script as its seed, markup as its name."""
     from test_html_report import make_run
 
@@ -131,22 +131,29 @@ def _crafted_run(tmp_path: Path) -> Path:
     results = json.loads((run / "results.json").read_text())
     results["seed"] = "<script>alert(1)</script>"
     results["name"] = "<img src=x onerror=alert(2)>"
+    if markup_task:  # a task name with markup (a valid file name: no '/')
+        old, new = results["tasks"][2], "<b onmouseover=alert(3)>t`x"
+        results["tasks"][2] = new
+        for key in ("scorers", "scenarios"):
+            results[key][new] = results[key].pop(old)
     (run / "results.json").write_text(json.dumps(results))
     return run
 
 
 def test_crafted_results_are_escaped_in_html_and_markdown(tmp_path: Path) -> None:
-    run = _crafted_run(tmp_path)
+    run = _crafted_run(tmp_path, markup_task=True)
     code, text = invoke(["report", "--html", str(tmp_path / "page.html"), str(run)])
     assert code == 0, text
     page = (tmp_path / "page.html").read_text()
-    assert "<script" not in page and "<img src=x" not in page
+    assert "<script" not in page and "<img src=x" not in page and "<b onmouseover" not in page
+    assert "&lt;b onmouseover=alert(3)&gt;t`x" in page
     assert "(seed &lt;script&gt;alert(1)&lt;/script&gt;)" in page
     code, text = invoke(["report", str(run)])
     assert code == 0, text
     md = (run / "report.md").read_text()
     outside_code = re.sub(r"(`+).*?\1", "", md)  # a code span shows its text literally
     assert not re.findall(r"(?<!\\)<", outside_code)  # every other '<' is backslash-escaped
+    assert "| T3 | ``<b onmouseover=alert(3)>t`x`` |" in md  # a code span: shown literally
     assert md.startswith(r"# \<img src=x onerror=alert\(2\)\>: `lora-ft` on `msvqa-synth` (seed \<script\>alert\(1\)\</script\>)")
 
 
