@@ -227,8 +227,6 @@ class RunConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name_is_a_file_name(cls, value: str) -> str:
-        from pydantic_core import PydanticCustomError
-
         from mmcl.utils.paths import name_problem  # the run name becomes part of the default run directory
 
         problem = name_problem(value)
