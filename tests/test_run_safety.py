@@ -112,8 +112,9 @@ def test_run_name_with_a_path_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.chdir(tmp_path)
     code, text = invoke(["run", *sets("name=a/../../../ESCAPED")], "run name with a path")
     assert code == 2
-    assert ("name (--set name=a/../../../ESCAPED): the run name contains '/'; it becomes a folder "
-            "name under runs/") in text
+    assert ("error: --set name=a/../../../ESCAPED: name: the run name contains '/'; it becomes a folder "
+            "name under runs/ (no '/', '\\', '..', NUL or control characters, no leading '.') "
+            "(got 'a/../../../ESCAPED')") in text
     assert not (tmp_path / "runs").exists() and not escaped_files(tmp_path.parent)
 
 
