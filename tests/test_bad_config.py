@@ -311,3 +311,31 @@ def test_a_long_task_order_is_checked_in_linear_time(tiny_llava_dir: Path, tmp_p
 def test_a_huge_task_name_is_cut_in_the_message(tiny_llava_dir: Path, tmp_path: Path) -> None:
     text = run_bad(tiny_llava_dir, tmp_path / "run", "benchmark.order=[" + "x" * 1_000_000 + "]", case="huge name")
     assert "error: benchmark.order: unknown task 'xxxx" in text and len(text) < 2000
+
+
+# ---------------------------------------------------------------------- an error mmcl did not expect
+def test_an_unexpected_error_mid_run_is_one_line_with_the_traceback_kept(tiny_llava_dir, tmp_path, monkeypatch):
+    """A failure mmcl has no message for (a torch error, a bug) is one ``error:`` line naming its type, the
+    traceback goes to ``<run dir>/error.log``, the resume advice is given; MMCL_DEBUG=1 raises it instead."""
+    import mmcl.runner
+
+    def broken_train_on(*args, **kwargs):
+        raise RuntimeError("boom from the training loop")
+
+    monkeypatch.setattr(mmcl.runner, "train_on", broken_train_on)
+    out = tmp_path / "run"
+    args = ["run", "--output", str(out), *sets(*quick_overrides(tiny_llava_dir, "train.num_threads=1"))]
+    code, text, raw = invoke(args, "unexpected error")
+    assert code == 1, raw
+    assert sum(line.startswith("error:") for line in raw.splitlines()) == 1, raw
+    assert "Traceback" not in raw
+    assert "error: unexpected RuntimeError: boom from the training loop (traceback in" in text
+    assert f"--resume --output {out}" in text
+    log = (out / "error.log").read_text()
+    assert "Traceback" in log and "broken_train_on" in log
+    assert (out / CONFIG_FILE).is_file()  # what the run wrote is kept
+
+    monkeypatch.setenv("MMCL_DEBUG", "1")
+    res = cli.invoke(app, ["run", "--output", str(tmp_path / "debug"),
+                           *sets(*quick_overrides(tiny_llava_dir, "train.num_threads=1"))])
+    assert isinstance(res.exception, RuntimeError) and "boom" in str(res.exception)

@@ -85,6 +85,10 @@ def run(
         _fail(str(e) + ("" if dry_run else _resume_hint(runner, e)))
     except KeyboardInterrupt as e:  # SIGINT, or SIGTERM (see _interrupt_handled): say what is kept, how to continue
         _interrupted(e, runner, output or cfg.output.dir)
+    except Exception as e:  # a bug or an environment failure (torch, out of memory...): one line, the traceback kept
+        if os.environ.get(DEBUG_ENV):
+            raise
+        _fail(_unexpected(e, runner) + ("" if dry_run else _resume_hint(runner, e)), code=1)
     if not runner.accelerator.is_main_process:
         return  # under several processes (accelerate launch, torchrun) the main one reports
     results = json.loads((run_dir / "results.json").read_text())
@@ -143,6 +147,30 @@ def _interrupted(error: KeyboardInterrupt, runner, output: Path | str | None) ->
         msg = f"interrupted ({name}) before the run directory was written; nothing to continue: run the command again"
     console.print(escape(msg), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+DEBUG_ENV = "MMCL_DEBUG"  # set to 1: an unexpected error raises with its traceback instead of one line
+ERROR_LOG = "error.log"
+
+
+def _unexpected(error: Exception, runner) -> str:
+    """One line for an error mmcl did not expect; its traceback goes to ``<run dir>/error.log``."""
+    import traceback
+
+    from mmcl.checkpoint import CONFIG_FILE
+
+    text = str(error)
+    text = text if len(text) <= 300 else text[:300] + "…"
+    msg = f"unexpected {type(error).__name__}: {text}"
+    d = getattr(runner, "output_dir", None)
+    if d is not None and (d / CONFIG_FILE).is_file():
+        try:
+            with open(d / ERROR_LOG, "a", encoding="utf-8") as f:
+                f.write("".join(traceback.format_exception(error)) + "\n")
+            return msg + f" (traceback in {d / ERROR_LOG}; {DEBUG_ENV}=1 prints it)"
+        except OSError:
+            pass
+    return msg + f" (run again with {DEBUG_ENV}=1 for the traceback)"
 
 
 def _resume_hint(runner, error: Exception) -> str:
