@@ -442,6 +442,17 @@ def test_huge_image_is_refused_by_the_pixel_limit(tiny_llava_dir: Path, data: Pa
              "resize the image, or raise the limit)")
     code, text = check_data(tiny_llava_dir, data, train, test, case="10000x10000 image")
     assert code == 2 and f"{train}, item 1, field 'image': image {big} {limit}" in text
+    # PIL's own warning (it warns past 89 M pixels) is silenced where mmcl opens images: its limit is in charge
+    import warnings
+
+    from mmcl.data.sample import open_image
+
+    for opener, warned in ((Image.open, True), (open_image, False)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            with opener(big) as im:
+                assert im.size == (10_000, 10_000)
+        assert any(issubclass(w.category, Image.DecompressionBombWarning) for w in seen) is warned
     # with the up-front image check off, the image is refused where it is loaded, before it is decoded
     code, text = check_data(tiny_llava_dir, data, write_json(data / "train2.json", [train_item(1, "images/big.png")]),
                             test, case="10000x10000 image, checks off", check_images=False)
@@ -450,6 +461,21 @@ def test_huge_image_is_refused_by_the_pixel_limit(tiny_llava_dir: Path, data: Pa
     code, text = check_data(tiny_llava_dir, data, data / "train.json", test, "benchmark.max_image_pixels=32",
                             case="pixel limit lowered")
     assert code == 2 and f"image {data / 'images' / 'a.png'} is 8x8 = 64 pixels, over the limit of 32 (benchmark.max_image_pixels" in text
+
+
+def test_image_past_pils_own_bomb_guard_gets_the_same_message(tiny_llava_dir: Path, data: Path) -> None:
+    """PIL refuses to open an image over 179 M pixels before mmcl sees its size: still one clear line."""
+    huge = data / "images" / "huge.png"
+    Image.new("1", (20_000, 10_000)).save(huge)  # 200 million pixels, a few kB on disk
+    train = write_json(data / "train.json", [train_item(0), train_item(1, "images/huge.png")])
+    test = write_json(data / "test.json", [test_item(0)])
+    code, text = check_data(tiny_llava_dir, data, train, test, case="20000x10000 image")
+    assert code == 2 and f"{train}, item 1, field 'image': image {huge} is unreadable or truncated (ValueError: image is " \
+        "too large to open (Image size (200000000 pixels) exceeds limit" in text, text
+    assert "benchmark.max_image_pixels is 40,000,000 pixels" in text
+    code, text = check_data(tiny_llava_dir, data, write_json(data / "train2.json", [train_item(1, "images/huge.png")]),
+                            test, case="20000x10000 image, checks off", check_images=False)
+    assert code == 2 and f"{huge}: image of sample '1' (task 't1') cannot be read (ValueError: image is too large" in text
 
 
 def test_valid_data_still_passes_the_dry_run(tiny_llava_dir: Path, data: Path) -> None:

@@ -26,10 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from PIL import Image
-
 from mmcl.data.errors import DataError, DataProblem
-from mmcl.data.sample import Sample, too_many_pixels
+from mmcl.data.sample import Sample, open_image, too_many_pixels
 
 IMAGE_TOKEN = "<image>"
 ROLES = ("human", "gpt")
@@ -61,11 +59,11 @@ def image_error(source: ImageCheckSource) -> str | None:
 
 
 def _decode_error(open_source: Callable[[], Any], what: str) -> str | None:
-    with Image.open(open_source()) as im:
+    with open_image(open_source()) as im:
         if (big := too_many_pixels(im.size)) is not None:
             return big.replace("image is", f"image{what} is", 1)
         im.verify()
-    with Image.open(open_source()) as im:
+    with open_image(open_source()) as im:
         im.load()  # decode fully: truncated or corrupt data fails here
     return None
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,26 @@ def too_many_pixels(size: tuple[int, int]) -> str | None:
         return (f"image is {w}x{h} = {w * h:,} pixels, over the limit of {limit:,} "
                 "(benchmark.max_image_pixels; resize the image, or raise the limit)")
     return None
+
+
+@contextmanager
+def open_image(source: Any) -> Iterator[Image.Image]:
+    """``Image.open`` with mmcl's pixel limit in charge instead of PIL's decompression-bomb guard.
+
+    PIL warns past 89 M pixels and refuses past 179 M before the caller can look at the size;
+    here its warning is silenced and its refusal becomes the same ``ValueError`` as
+    :func:`too_many_pixels` (the caller checks ``im.size`` against the limit before decoding).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(source)
+        except Image.DecompressionBombError as e:
+            raise ValueError(f"image is too large to open ({e}; benchmark.max_image_pixels is "
+                             f"{_max_image_pixels:,} pixels)" if _max_image_pixels else
+                             f"image is too large to open ({e})") from None
+    with im:
+        yield im
 
 
 @dataclass
@@ -82,7 +104,7 @@ class Sample:
             if callable(img) and not isinstance(img, Image.Image):
                 img = img()
             if isinstance(img, (str, Path)):
-                with Image.open(img) as f:
+                with open_image(img) as f:
                     if (big := too_many_pixels(f.size)) is not None:  # before decoding: no allocation
                         raise ValueError(big)
                     img = f.convert("RGB")
