@@ -19,6 +19,8 @@ from mmcl.runner import Runner
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "msvqa-quick-science.yaml"
 
+pytestmark = pytest.mark.slow  # three ~2-minute runs of the shipped model: CI runs them, the inner loop does not
+
 # Measured (seed 0, 2 CPU cores, 2026-11-23): zero-shot 0.00 on all 4 tasks; joint
 # 0.96 / 0.81 / 0.60 / 0.90 (mean 0.82); lora-ft MFT 0.78, last 0.19, BWT -0.79.
 ZERO_SHOT_MAX = 0.10
