@@ -113,8 +113,10 @@ METHOD_FILE = "method.pt"
 RNG_FILE = "rng.pt"
 KILL_ENV = "MMCL_TEST_KILL_AT"
 # keys that say where and how results are written, not what they are
-# (and benchmark.max_image_pixels: a limit on what is accepted, not part of the results)
-IGNORED_KEYS = frozenset({"output.dir", "output.report", "benchmark.max_image_pixels"})
+# (and benchmark.max_image_pixels: a limit on what is accepted, not part of the results; train.feature_cache*:
+# the cache gives the same results on or off, tests/test_feature_cache.py)
+IGNORED_KEYS = frozenset({"output.dir", "output.report", "benchmark.max_image_pixels", "train.feature_cache",
+                          "train.feature_cache_mb"})
 
 
 class RunDirError(ValueError):

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 
@@ -131,16 +139,41 @@ class TrainConfig(_Strict):
     image_uncond_prob: OpenFraction = 0.1
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     num_threads: Annotated[int, _Number, Field(ge=1, le=THREADS_MAX)] | None = None  # torch CPU threads; None = torch's default
+    # image features of a frozen vision side computed once per run (mmcl.train.feature_cache)
+    feature_cache: Literal["auto", "on", "off"] = "auto"
+    feature_cache_mb: NonNegativeFloat = 2048.0  # in memory; past it, spilled inside the run dir
+
+    @field_validator("feature_cache", mode="before")
+    @classmethod
+    def _feature_cache_bool(cls, value: Any) -> Any:
+        """YAML reads a bare on/off as a bool."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class EvalConfig(_Strict):
     batch_size: Count = 64
     max_new_tokens: Count | None = None  # None = each task's own
-    full_matrix: bool = True  # evaluate every task after every stage (future tasks included)
+    # which cells: full = every task after every stage (future tasks included); seen = tasks seen so far;
+    # sampled = diagonal, zero-shot and final rows in full, other cells on sample_per_cell items (mmcl.eval.budget)
+    matrix: Literal["full", "seen", "sampled"] = "full"
+    full_matrix: bool | None = None  # older key: true = matrix full, false = matrix seen
+    sample_per_cell: Count = 100
     zero_shot: bool = True  # evaluate the untrained model once (row used for FWT)
     save_predictions: bool = True
     # classifier-free guidance of image answers (dual-to-dual models)
     cfg_scale: Annotated[float, _Number, Field(gt=1.0)] = 3.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _full_matrix_alias(cls, data: Any) -> Any:
+        """``full_matrix`` (the older key) sets ``matrix``; both given must agree."""
+        if isinstance(data, dict) and data.get("full_matrix") is not None:
+            implied = "full" if data["full_matrix"] else "seen"
+            if data.get("matrix") not in (None, implied):
+                raise ValueError(f"eval.full_matrix={data['full_matrix']} means eval.matrix={implied}, "
+                                 f"but eval.matrix={data['matrix']}; set only eval.matrix")
+            data = {**data, "matrix": implied}
+        return data
 
 
 class OutputConfig(_Strict):

@@ -58,6 +58,7 @@ from mmcl import checkpoint as ckpt
 from mmcl.benchmarks.builtin import build_benchmark
 from mmcl.config import RunConfig, check_trackers_installed, flat_config, to_yaml
 from mmcl.data.sample import Benchmark, Sample, Task
+from mmcl.eval import budget
 from mmcl.eval.evaluator import ERROR_TRACKS, IMAGE_KEY, TRACK_PREFIX, TaskResult, evaluate_task
 from mmcl.eval.generate import Shard
 from mmcl.methods import METHODS, Method, RunContext, build_method
@@ -66,6 +67,7 @@ from mmcl.models.dual import boi_token_id, supports_image_output
 from mmcl.models.loader import load_model
 from mmcl.report.continual_next import continual_next_summary, modality_pair
 from mmcl.report.results import compute_track_metrics
+from mmcl.train import feature_cache
 from mmcl.train.encode import Encoded, Encoder
 from mmcl.train.loop import TrainStats, num_update_steps, train_on
 from mmcl.utils.host import cpu_signature, host_info
@@ -117,6 +119,7 @@ class RunState:
     stage_stats: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    cell_errors: list[dict[str, dict[str, float]]] = field(default_factory=list)  # per row: sampled cells' stderr
 
 
 def distributed_setting(accelerator: Accelerator) -> str | None:
@@ -242,6 +245,10 @@ class Runner:
         self.model = self.method.setup(self.bundle.model)
         self.encoder = Encoder.for_bundle(self.bundle)
         self._test_cache: dict[str, list[Encoded]] = {}
+        self.feature_cache, self._feature_cache_state = feature_cache.attach(
+            cfg.train.feature_cache, self.method.model, cfg.train.feature_cache_mb,
+            self.output_dir / "feature-cache" / f"rank{self.accelerator.process_index}",
+        )
         # a dual-to-dual model (Janus) may answer any prompt with an image: evaluation lets it choose
         self._image_token_id = (boi_token_id(self.bundle.processor) if supports_image_output(self.bundle.model)
                                 else None)
@@ -311,8 +318,9 @@ class Runner:
         T = len(self.benchmark.tasks)
         schedule = self.method.schedule
         stages = {"sequential": T, "joint": 1, "none": 0}[schedule]
-        rows = stages if schedule != "sequential" or self.cfg.eval.full_matrix else T * (T + 1) // 2
-        eval_cells = (rows if schedule == "sequential" else stages) * (T if self.cfg.eval.full_matrix else 1)
+        full = self.cfg.eval.matrix != "seen"
+        rows = stages if schedule != "sequential" or full else T * (T + 1) // 2
+        eval_cells = (rows if schedule == "sequential" else stages) * (T if full else 1)
         if self.cfg.eval.zero_shot or schedule == "none":
             eval_cells += T
         return Plan(
@@ -444,7 +452,7 @@ class Runner:
                 joint = schedule == "joint"
                 if t >= trained:
                     self._train_stage(t, task, state, label="joint" if joint else None)
-                seen = tasks if joint or self.cfg.eval.full_matrix else tasks[: t + 1]
+                seen = tasks if joint else budget.stage_tasks(self.cfg.eval.matrix, tasks, t)
                 row = self._evaluate_all(ckpt.stage_dir_name(t + 1), seen, t + 1, reuse=t < trained)
                 self._add_row(state, self._row_name(t), row)
                 self._finish_stage(t, None if joint else task, row, state)
@@ -460,6 +468,8 @@ class Runner:
             ckpt.mark_complete(out)
 
         self._on_main(finish)  # the other processes return once the files are written
+        if self.feature_cache is not None:
+            self.feature_cache.close()  # its spilled entries are removed with it
         for tracker in self.accelerator.trackers:  # = accelerator.end_training(), minus destroying the process group
             tracker.finish()
         return out
@@ -528,6 +538,8 @@ class Runner:
         seed_everything(cfg.seed * 7919 + t)  # a stage's randomness depends on (seed, t) only: resumable
         self.method.before_task(t, task)
         self.tracker.note(self.method.model)
+        if self.feature_cache is not None:
+            self.feature_cache.begin_stage(self.method.model)  # the vision side's fingerprint, per stage
         samples = self.method.train_samples(t, task)
         if not samples:
             raise ValueError(f"task {task.name!r} has no training samples")
@@ -601,17 +613,34 @@ class Runner:
                                                               reserve=self._reserve(task, "test"))
         return self._test_cache[task.name]
 
+    def _cell(self, task: Task, stage: int) -> tuple[Task, list[Encoded]]:
+        """What cell (``stage``, ``task``) evaluates: the task, or its subsample (``eval.matrix=sampled``)."""
+        ev = self.cfg.eval
+        final = stage == len(self._stages())
+        index = self.benchmark.tasks.index(task)
+        if not budget.is_sampled(ev.matrix, index, stage - 1 if stage > 0 else None, final, ev.sample_per_cell, task):
+            return task, self._encoded_test(task)
+        encoded = self._encoded_test(task)
+        picked = budget.sample_indices(task, ev.sample_per_cell, self.cfg.seed)
+        return budget.subsample(task, ev.sample_per_cell, self.cfg.seed), [encoded[i] for i in picked]
+
     def _evaluate_all(self, stage_dir: str, tasks: list[Task], stage: int, reuse: bool = False) -> dict[str, TaskResult]:
         """Evaluate ``tasks`` (``stage`` 0 is the zero-shot row); with ``reuse``, reload cells already written."""
         t0 = time.perf_counter()
-        total = sum(len(t.test) for t in tasks)
+        if self.feature_cache is not None:
+            self.feature_cache.begin_stage(self.method.model)
+        cells = {task.name: self._cell(task, stage) for task in tasks}
+        total = sum(len(c.test) for c, _ in cells.values())
         bar = self.progress.add_task(f"eval {stage_dir}", total=total, info="")
         results: dict[str, TaskResult] = {}
         computed = 0
-        for task in tasks:
+        for full_task in tasks:
+            task, encoded = cells[full_task.name]
             path = inside(self.output_dir, "predictions", stage_dir, f"{task.name}.jsonl")
             saved = self._on_main(ckpt.load_cell, path, task) if reuse else None
             if saved is not None:
+                if task is not full_task:
+                    saved.scores.update(budget.standard_errors(task, saved.predictions, len(full_task.test)))
                 results[task.name] = saved
                 self.progress.advance(bar, len(task.test))
                 continue
@@ -619,7 +648,7 @@ class Runner:
                 res = evaluate_task(
                     self.method,
                     task,
-                    self._encoded_test(task),
+                    encoded,
                     self.bundle.tokenizer,
                     batch_size=self.cfg.eval.batch_size,
                     max_new_tokens=self.cfg.eval.max_new_tokens,
@@ -629,6 +658,8 @@ class Runner:
                     image_token_id=self._image_token_id,
                     cfg_scale=self.cfg.eval.cfg_scale,
                 )
+            if task is not full_task:
+                res.scores.update(budget.standard_errors(task, res.predictions, len(full_task.test)))
             self._on_main(self._save_images, stage_dir, task, res)
             results[task.name] = res
             if self.cfg.eval.save_predictions:
@@ -677,6 +708,9 @@ class Runner:
 
     def _add_row(self, state: RunState, name: str, row: dict[str, TaskResult]) -> None:
         state.stage_names.append(name)
+        state.cell_errors.append({task: {k: v for k, v in res.scores.items()
+                                         if k.startswith(budget.STDERR_PREFIX) or k == budget.SAMPLED_N}
+                                  for task, res in row.items()})
         for track, values in self._row_to_tracks(row).items():
             state.rows.setdefault(track, []).append(values)
 
@@ -733,6 +767,7 @@ class Runner:
             "mixed_precision": str(self.accelerator.mixed_precision),
             "num_processes": self.accelerator.num_processes,
             "torch_threads": torch.get_num_threads(),
+            "feature_cache": self._feature_cache_state,
             **self.method.cost(),
         }
         if self.accelerator.num_processes > 1:  # every process's own figures; the ones above are the main's
@@ -756,12 +791,36 @@ class Runner:
             "stage_stats": state.stage_stats,
             "stages_complete": len(state.stage_stats),
             "host": host_info(),
+            "eval_matrix": self.cfg.eval.matrix,
         }
+        if self.feature_cache is not None:
+            results["feature_cache"] = self.feature_cache.summary()
+        if self.cfg.eval.matrix == "sampled":
+            results["sampling"] = self._sampling(state)
         pairs = [modality_pair(t) for t in tasks]
         if any(p is not None for p in pairs):  # Continual-NExT-style streams declare each task's modalities
             results["modality_pairs"] = pairs
             results["continual_next"] = continual_next_summary(results)
         return results
+
+    def _sampling(self, state: RunState) -> dict[str, Any]:
+        """``results["sampling"]``: which cells were sampled, their sizes and standard errors, the metrics they touch."""
+        tasks = self.benchmark.tasks
+        cells = [[budget.SAMPLED_N in row.get(t.name, {}) for t in tasks] for row in state.cell_errors]
+        stderr: dict[str, list[list[float | None]]] = {PRIMARY: []}
+        for row in state.cell_errors:
+            stderr[PRIMARY].append([row.get(t.name, {}).get(budget.STDERR_PREFIX + t.primary_scorer) for t in tasks])
+            for s in self.benchmark.scorer_names:
+                stderr.setdefault(s, []).append([row.get(t.name, {}).get(budget.STDERR_PREFIX + s) for t in tasks])
+        return {
+            "sample_per_cell": self.cfg.eval.sample_per_cell,
+            "seed": self.cfg.seed,
+            "cells": cells,
+            "n": [[int(row[t.name][budget.SAMPLED_N]) if c else None for t, c in zip(tasks, r, strict=True)]
+                  for row, r in zip(state.cell_errors, cells, strict=True)],
+            "stderr": stderr,
+            "metrics_from_sampled_cells": budget.metrics_from_sampled_cells(cells),
+        }
 
     def _write_tables(self, results: dict[str, Any]) -> None:
         from mmcl.report.markdown import write_report
