@@ -218,6 +218,7 @@ def render_report(run_dir: str | Path, results: dict[str, Any], heatmaps: bool =
     ]
     from mmcl.report.continual_next import continual_next_section
     from mmcl.report.protocol import msvqa_section  # here: protocol imports this module
+    from mmcl.report.sampling import sampling_section
 
     sections = [
         "\n".join(head),
@@ -225,6 +226,7 @@ def render_report(run_dir: str | Path, results: dict[str, Any], heatmaps: bool =
         *filter(None, [msvqa_section(results), continual_next_section(run_dir, results)]),
         _tasks_section(results),
         _matrix_section(run_dir, results, heatmaps),
+        *filter(None, [sampling_section(results)]),
         _cost_section(results),
     ]
     return "\n\n".join(sections) + "\n"
