@@ -30,6 +30,9 @@ def test_quick_bench_writes_the_promised_json(tmp_path: Path) -> None:
         tr["flops_6N"], tr["peak_flops"], tr["achieved_flops"],
         ev["ratio_vs_per_sample"], ev["samples_per_s"], ev["samples_per_s_per_sample"],
         ro["moelora"]["ratio_vs_lora"], ro["unifier"]["ratio_vs_lora"], ro["lora-ft"]["samples_per_s"],
+        tr["ratio_cached_vs_uncached"], tr["samples_per_s_uncached"], tr["mfu_uncached"], tr["flops_per_rep_cached"],
+        ev["ratio_cached_vs_uncached"], ev["samples_per_s_uncached"], ro["slowest_vs_lora"],
+        res["run"]["default_seconds"], res["run"]["default_seconds_uncached"],
     ):
         assert _positive(value), value
     assert "6 * N_text" in tr["flops_6N_formula"] and "FlopCounterMode" in tr["flops_method"]
@@ -50,6 +53,18 @@ def test_quick_bench_writes_the_promised_json(tmp_path: Path) -> None:
     assert olora["held_bytes_per_task"] == adapter_bytes
     assert olora["param_bytes_per_task"] == adapter_bytes
 
-    assert set(res["targets"]) == {"train.ratio_vs_plain", "train.mfu", "eval.ratio_vs_per_sample"}
+    # the cache: the first epoch computes each image's features, later epochs read them; the model's own loop
+    # without it computes as much as the plain loop
+    assert tr["feature_cache"]["hits"] > 0 and tr["feature_cache"]["misses"] == tr["distinct_samples"]
+    assert tr["flops_per_rep_cached"] < tr["flops_per_rep"]
+    assert ro["unifier"]["feature_cache"]["bypassed"] and ro["moelora"]["feature_cache"]["hits"] > 0
+    mx = res["matrix"]
+    assert [p["T"] for p in mx["points"]] == [2, 3]
+    assert all(p["items_sampled"] < p["items_full"] and _positive(p["ratio_full_vs_sampled"]) for p in mx["points"])
+    run = res["run"]
+    assert run["measured"]["feature_cache"]["hits"] > 0 and run["measured_uncached"]["feature_cache"] is None
+    assert run["default_steps"] == 20 * 13 * 4 and run["default_eval_items"] == 20 * 50 * 21
+    assert set(res["targets"]) == {"train.ratio_vs_plain", "train.mfu", "eval.ratio_vs_per_sample",
+                                   "run.default_seconds", "routing.slowest_vs_lora"}
     assert all(isinstance(t["met"], bool) and isinstance(t["within_noise"], bool) for t in res["targets"].values())
     assert res["notes"] and all(isinstance(n, str) for n in res["notes"])
