@@ -51,12 +51,13 @@ Parts (each a small function; :func:`run_bench` runs them all and :func:`render_
   bytes, and the process RSS; bytes held per task is the slope of held bytes over T.
 - **matrix** (:func:`bench_matrix`): a run's evaluation time with ``eval.matrix`` full vs sampled
   as T grows (5, 10, 20, 40), from full and sampled rows timed side by side.
+- **compile** (:func:`bench_compile`): ``train.compile`` vs eager, and its net effect on a default run,
+  compile time included (skipped by ``--quick``).
 - **run** (:func:`bench_default_run`): the default ``mmcl run``'s wall time, measured on a reduced
   stream through the real :class:`mmcl.runner.Runner` (with and without the feature cache) and scaled.
 
 Measured by hand, not part of the bench (this project's 2-core CPU machine, 1 thread, batch 16):
-``torch.compile`` of the plain loop ran 1.28x faster (MFU 50% -> 64%) after 66 s of compilation
-with graph breaks in LLaVA's placeholder check; batch 64 instead of 16 left MFU unchanged (52%).
+batch 64 instead of 16 left MFU unchanged (52%).
 
 ``--quick`` makes every part small (a smoke test: well under a minute on a laptop).
 The run is on the CPU, with torch's default thread count unless ``--threads`` says otherwise (both
@@ -674,6 +675,66 @@ def bench_scaling(s: BenchSettings, log: Log) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- compile
+
+
+def bench_compile(s: BenchSettings, log: Log) -> dict[str, Any]:
+    """``train.compile``: mmcl's loop compiled vs eager (both with the feature cache), and whether it pays over
+    a whole default run: ``default steps x (eager - compiled seconds per step) - compile seconds``, where the
+    compile seconds are the first compiled call's extra time on one task plus the recompilation a second task
+    (other sequence lengths) costs. Skipped by ``--quick`` (compiling takes about a minute)."""
+    if s.quick:
+        return {"skipped": "quick"}
+    from accelerate import Accelerator
+
+    from mmcl.config import TrainConfig
+    from mmcl.train.encode import Encoder
+    from mmcl.train.feature_cache import FeatureCache
+    from mmcl.train.loop import num_update_steps, train_on
+
+    n = s.train_batch * s.train_steps // s.train_epochs
+    bench = make_benchmark(["high-altitude.counting", "indoor.grounding"], n, 1)
+    method = build_method("lora-ft", bench)
+    pad = method.ctx.bundle.tokenizer.pad_token_id
+    enc = [Encoder(method.ctx.bundle.processor).encode(t.train, with_answer=True) for t in bench.tasks]
+    accelerator = Accelerator(cpu=True)
+    cache = FeatureCache()
+    cache.install(method.model)
+
+    def run(compiled: bool, task: int = 0) -> float:
+        cfg = TrainConfig(batch_size=s.train_batch, max_steps=s.train_steps, compile=compiled)
+        t0 = time.perf_counter()
+        train_on(method, enc[task], cfg, accelerator, 0, 0, pad)
+        return time.perf_counter() - t0
+
+    run(False, 0), run(False, 1)  # warm-up
+    log("compile: compiling (first task, then a second task's shapes)")
+    first = [run(True, 0), run(True, 1)]
+    eager_first = [run(False, 0), run(False, 1)]
+    compile_seconds = sum(f - e for f, e in zip(first, eager_first, strict=True))
+    eager_s, compiled_s = [], []
+    for r in range(s.train_reps):
+        for side in (True, False) if r % 2 == 0 else (False, True):
+            (compiled_s if side else eager_s).append(run(side))
+        log(f"compile: rep {r + 1}/{s.train_reps}: compiled {compiled_s[-1]:.2f}s, eager {eager_s[-1]:.2f}s")
+    cache.close()
+    te, tc = median(eager_s), median(compiled_s)
+    d = DEFAULT_STREAM
+    default_steps = d["tasks"] * num_update_steps(d["train_per_task"], TrainConfig(epochs=d["epochs"],
+                                                                                   batch_size=d["batch_size"]))
+    saved = default_steps * (te - tc) / s.train_steps
+    return {
+        "steps": s.train_steps,
+        "seconds_eager": eager_s,
+        "seconds_compiled": compiled_s,
+        "ratio_compiled_vs_eager": ratio(te, tc),
+        "compile_seconds": compile_seconds,
+        "default_run_seconds_saved": saved,
+        "default_run_net_seconds": saved - compile_seconds,
+        "pays": saved > compile_seconds,
+    }
+
+
 # ---------------------------------------------------------------- evaluation budget
 
 
@@ -939,6 +1000,7 @@ def _run_parts(s: BenchSettings, log: Log) -> dict[str, Any]:
     results["routing"] = bench_routing(s, log)
     results["scaling"] = bench_scaling(s, log)
     results["matrix"] = bench_matrix(s, log)
+    results["compile"] = bench_compile(s, log)
     results["run"] = bench_default_run(s, log)
     results["meta"]["load_after"] = _load()
     results["meta"]["seconds"] = time.perf_counter() - t0
@@ -1024,6 +1086,13 @@ def render_table(results: dict[str, Any]) -> Any:
         table.add_row("", f"{n} probe eval s at T=" + "/".join(str(p["T"]) for p in pts),
                       " / ".join(f"{p['probe_eval_seconds']:.2f}" for p in pts), "")
         table.add_row("", f"{n} held bytes per task (cost())", f"{m['held_bytes_per_task']:,.0f}", "")
+    co = results.get("compile") or {}
+    if "ratio_compiled_vs_eager" in co:
+        table.add_row("compile", "train.compile: compiled / eager step speed; compile s",
+                      f"{co['ratio_compiled_vs_eager']:.2f}×; {co['compile_seconds']:.0f} s", "")
+        table.add_row("", "default run: seconds saved - compile seconds = net",
+                      f"{co['default_run_seconds_saved']:.0f} - {co['compile_seconds']:.0f} = "
+                      f"{co['default_run_net_seconds']:.0f} s", "pays" if co["pays"] else "does not pay")
     mx = results["matrix"]
     table.add_row("matrix", f"eval s full / sampled ({mx['sample_per_cell']} per cell) at T=" +
                   "/".join(str(p["T"]) for p in mx["points"]),

@@ -227,6 +227,7 @@ class FeatureCache:
         self.memory_bytes = 0
 
     # ------------------------------------------------------------ lookup
+    @torch.compiler.disable  # always eager: its checks run at every call, also inside a compiled forward
     def features(self, inner: Any, original: type, pixel_values: torch.Tensor, args: tuple, kwargs: dict) -> Any:
         """``get_image_features``, from the cache where provably safe."""
         from transformers.modeling_outputs import BaseModelOutputWithPooling

@@ -28,6 +28,7 @@ from transformers import get_scheduler
 
 from mmcl.config import TrainConfig
 from mmcl.methods.base import Method
+from mmcl.train.compile import compiled
 from mmcl.train.dual import forward_batch
 from mmcl.train.encode import Encoded, collate_train
 
@@ -109,13 +110,14 @@ def train_on(
     if world > 1 and accelerator.process_index > 0:
         torch.manual_seed((seed * 1000 + stage) * 1009 + accelerator.process_index)
     model.train()
+    forward_model = compiled(model) if cfg.compile else model  # train.compile (mmcl.train.compile)
     step, samples, tokens, losses = 0, 0, 0, []
     t0 = time.perf_counter()
     while step < total_steps:
         for batch in loader:
             with accelerator.accumulate(model):
                 with accelerator.autocast():  # a no-op without mixed precision (CPU)
-                    outputs = forward_batch(model, batch, cfg.image_uncond_prob)
+                    outputs = forward_batch(forward_model, batch, cfg.image_uncond_prob)
                     loss = outputs.loss
                     extra = method.extra_loss(batch, outputs, stage)
                     if extra is not None:
