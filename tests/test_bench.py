@@ -63,7 +63,13 @@ def test_quick_bench_writes_the_promised_json(tmp_path: Path) -> None:
     assert all(p["items_sampled"] < p["items_full"] and _positive(p["ratio_full_vs_sampled"]) for p in mx["points"])
     run = res["run"]
     assert run["measured"]["feature_cache"]["hits"] > 0 and run["measured_uncached"]["feature_cache"] is None
-    assert run["default_steps"] == 20 * 13 * 4 and run["default_eval_items"] == 20 * 50 * 21
+    from mmcl.benchmarks.msvqa_synth import MSVQASynthOptions
+    from mmcl.config import RunConfig
+
+    opts, cfg = MSVQASynthOptions(), RunConfig()
+    assert run["default"] == {"tasks": 20, "train_per_task": opts.train_size, "test_per_task": opts.test_size,
+                              "epochs": cfg.train.epochs, "batch_size": cfg.train.batch_size}
+    assert run["default_steps"] == 20 * 38 * 4 and run["default_eval_items"] == 20 * 50 * 21
     assert set(res["targets"]) == {"train.ratio_vs_plain", "train.mfu", "eval.ratio_vs_per_sample",
                                    "run.default_seconds", "routing.slowest_vs_lora"}
     assert all(isinstance(t["met"], bool) and isinstance(t["within_noise"], bool) for t in res["targets"].values())
