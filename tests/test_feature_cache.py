@@ -180,3 +180,16 @@ def test_quick_run_identical_with_and_without_cache(tiny_llava_dir: Path, tmp_pa
     for p in sorted((a_dir / "predictions").rglob("*.jsonl")):
         assert p.read_text() == (b_dir / p.relative_to(a_dir)).read_text(), p
     assert not (a_dir / "feature-cache").exists()
+
+
+def test_config_feature_options_are_part_of_the_key(lora) -> None:
+    cache = FeatureCache()
+    cache.install(lora.model)
+    batch = _batch(lora)
+    lora.model.eval()
+    default = _features(lora, batch)
+    inner_model(lora.model).config.vision_feature_select_strategy = "full"  # keeps the CLS position
+    full = _features(lora, batch)
+    assert cache.stats.hits == 0 and full.shape[0] == default.shape[0] + 4
+    assert torch.equal(full, _uncached(lora, batch))
+    cache.close()

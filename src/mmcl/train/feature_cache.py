@@ -31,7 +31,8 @@ than an instance attribute, so that a deep copy of the model (a teacher) runs on
    changes, and at every stage (:meth:`FeatureCache.begin_stage`); a new fingerprint drops every
    entry (``invalidations``).
 3. *The key is the image itself.* BLAKE2b of the image's pixel bytes, with its shape and dtype,
-   the call's options and the autocast state.
+   the call's options (and the config's feature layer and selection strategy they default to), the
+   device and the autocast state.
 
 Float note: a cached feature was computed in whatever batch first held its image; the vision
 tower's rows do not depend on their batch-mates mathematically, but a CPU or GPU kernel may round
@@ -240,8 +241,10 @@ class FeatureCache:
             self.stats.bypassed[reason] += 1
             return run_original(pixel_values)
         fp = self._current_fingerprint(inner)
-        options = repr((sorted(kwargs.items()), torch.is_autocast_enabled(pixel_values.device.type),
-                        str(pixel_values.device), fp))
+        config = getattr(inner, "config", None)  # the defaults get_image_features fills in from the config
+        options = repr((sorted(kwargs.items()), getattr(config, "vision_feature_layer", None),
+                        getattr(config, "vision_feature_select_strategy", None),
+                        torch.is_autocast_enabled(pixel_values.device.type), str(pixel_values.device), fp))
         cpu_pixels = pixel_values.detach().to("cpu")
         keys = [_image_key(cpu_pixels[i]) + options for i in range(len(cpu_pixels))]
         found = [self._get(k, pixel_values.device) for k in keys]
