@@ -142,7 +142,7 @@ class TrainConfig(_Strict):
     # image features of a frozen vision side computed once per run (mmcl.train.feature_cache)
     feature_cache: Literal["auto", "on", "off"] = "auto"
     feature_cache_mb: NonNegativeFloat = 2048.0  # in memory; past it, spilled inside the run dir
-    compile: bool = False  # the training forward through torch.compile (mmcl.train.compile; does not pay on CPU)
+    compile: bool = False  # the training forward through torch.compile (mmcl.train.compile; why off: docs/speed.md)
 
     @field_validator("feature_cache", mode="before")
     @classmethod

@@ -5,10 +5,11 @@ is neither a submodule nor saved), so that stages after the first reuse its grap
 vary (sequence lengths, the last batch) are compiled dynamically after the first change
 (``dynamic=None``, torch's default). Evaluation (``generate``) stays eager.
 
-Why off by default: on this project's 2-core CPU the compiled step is about 1.25x faster, but the
-first compilation takes about 70 s, and a default run (1,040 optimizer steps of the tiny model)
-saves about as much as that; docs/speed.md has the figures of ``mmcl bench``'s compile part. On a
-GPU with a large model the balance differs: measure before turning it on.
+Off by default, although on this project's 2-core CPU it pays for a default ``lora-ft`` run (a
+1.3x faster step saves about 250 s of its 3,040 steps; compiling takes 15-90 s): a compiled step
+is not bit-identical to an eager one, it was measured for ``lora-ft`` only (methods that add
+adapters every stage or hook modules may recompile), and every short run would pay the
+compilation. docs/speed.md has the figures of ``mmcl bench``'s compile part.
 """
 
 from __future__ import annotations
