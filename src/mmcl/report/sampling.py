@@ -34,5 +34,5 @@ def sampling_section(results: dict[str, Any]) -> str | None:
         + (f"Metrics that read sampled cells: {', '.join(used)}; the others are exact." if used
            else "No metric reads a sampled cell.")
     )
-    table = "| after | task | score ± s.e. | n |\n|---|---|---|---|\n" + "\n".join(lines)
+    table = "| row | task | score ± s.e. | n |\n|---|---|---|---|\n" + "\n".join(lines)
     return head + ("\n\n" + table if lines else "")
