@@ -13,7 +13,18 @@ from conftest import build_test_method, quick_overrides, run_quick, train_stage
 from mmcl.config import load_config
 from mmcl.data.sample import Sample, Task
 from mmcl.methods import RunContext
-from mmcl.methods.mage import EXPERTS, MAGE, experts_to_train, pema_update, task_modalities
+from mmcl.methods.mage import (
+    EXPERTS,
+    MAGE,
+    GradientMoments,
+    adaptive_weight,
+    experts_to_train,
+    fallback_weight,
+    noise_share,
+    noise_share_update,
+    pema_update,
+    task_modalities,
+)
 from mmcl.train.encode import Encoder, collate_train
 
 TRAIN = ("train.lr=0.01",)
@@ -170,6 +181,10 @@ def test_no_gating_trains_all_four(tiny_llava_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------- aggregation
+def _core(counts: dict) -> dict:
+    return {k: counts[k] for k in ("elements", "zero_denominator", "out_of_range", "no_grad_elements")}
+
+
 def test_pema_update_by_hand() -> None:
     avg = torch.tensor([0.0, 1.0, 2.0, 0.5, 3.0])
     theta = torch.tensor([4.0, 4.0, 2.0, 1.5, 2.0])
@@ -183,12 +198,14 @@ def test_pema_update_by_hand() -> None:
     a = avg.clone()
     counts = pema_update(a, theta, grad, eps=0.0, fallback_alpha=0.99)
     assert torch.allclose(a, torch.tensor([2.0, 3.25, 2.0, 0.51, 2.99]))
-    assert counts == {"elements": 5, "zero_denominator": 1, "out_of_range": 2, "no_grad_elements": 0}
+    assert _core(counts) == {"elements": 5, "zero_denominator": 1, "out_of_range": 2, "no_grad_elements": 0}
+    assert counts["adaptive_elements"] == 2 and counts["alpha_sum"] == pytest.approx(0.5 + 0.25 + 3 * 0.99)
     # clamp: finite alphas are clamped into [0, 1] (110 -> 1 keeps the average, -2 -> 0 takes theta)
     a = avg.clone()
     counts = pema_update(a, theta, grad, eps=0.0, fallback_alpha=0.99, out_of_range="clamp")
     assert torch.allclose(a, torch.tensor([2.0, 3.25, 2.0, 0.5, 2.0]))
-    assert counts == {"elements": 5, "zero_denominator": 1, "out_of_range": 0, "no_grad_elements": 0}
+    assert _core(counts) == {"elements": 5, "zero_denominator": 1, "out_of_range": 0, "no_grad_elements": 0}
+    assert (counts["adaptive_elements"], counts["clamped_low"], counts["clamped_high"]) == (4, 1, 1)
     # the released ridge eps = 1e-5, elementwise by hand
     a = avg.clone()
     pema_update(a, theta, grad, eps=1e-5, fallback_alpha=0.9)
@@ -206,7 +223,8 @@ def test_pema_update_by_hand() -> None:
 
 
 def test_after_backward_and_after_task_apply_pema(tiny_llava_dir: Path) -> None:
-    method = _method(tiny_llava_dir, "method.pema_clipped_grad=false", "method.pema_eps=0.0")
+    method = _method(tiny_llava_dir, "method.aggregation=released", "method.pema_fallback_horizon=fixed",
+                     "method.pema_clipped_grad=false", "method.pema_eps=0.0")
     task = method.ctx.benchmark.tasks[0]
     method.before_task(0, task)
     params = method.expert_tensors(method.trained)
@@ -245,8 +263,9 @@ def test_after_backward_and_after_task_apply_pema(tiny_llava_dir: Path) -> None:
 
 def test_training_with_and_without_aggregation(tiny_llava_dir: Path) -> None:
     runs = {}
-    for agg in (True, False):
+    for agg in (True, False):  # the earlier boolean values: true = released, false = off
         method = _method(tiny_llava_dir, f"method.aggregation={str(agg).lower()}", "train.max_steps=3")
+        assert method.opts.aggregation == ("released" if agg else "off")
         train_stage(method, 0, finish=False)
         trained = _snapshot(method)
         avg = {k: t.clone() for k, t in method.avg.items()}
@@ -350,9 +369,129 @@ def test_end_to_end(tiny_llava_dir: Path, tmp_path: Path) -> None:
     per_expert = cost["params_per_expert"]
     assert cost["params_added"] == 4 * per_expert > 0 and cost["params_added_per_task"] == 0
     assert cost["held_bytes"] == {"running_averages": 0}  # nothing held between tasks
-    assert cost["peak_running_average_bytes"] == 3 * per_expert * 4  # three fp32 experts during a task
+    # during a task: three fp32 experts' averages and (noise-share) their gradient EMAs
+    assert cost["peak_running_average_bytes"] == 2 * 3 * per_expert * 4
     # msvqa-synth: images in, text out at every stage -> three experts train
     assert [s["trainable_params"] for s in res["stage_stats"]] == [3 * per_expert] * 3
     pema = cost["pema"]
     assert pema["elements"] == 3 * 3 * 3 * per_expert  # 3 stages x 3 steps x 3 experts
-    assert set(pema) == {"elements", "zero_denominator", "out_of_range", "no_grad_elements", "not_replaced"}
+    assert pema["mode"] == "adaptive" and pema["adaptive_elements"] + pema["zero_denominator"] == pema["elements"]
+    assert 0 < pema["share_adaptive"] <= 1 and 0 <= pema["mean_alpha"] <= 1
+    # per task: the share of updates that used the adaptive weight, with the task's steps and fallback weight
+    assert [t["stage"] for t in pema["per_task"]] == [0, 1, 2]
+    for t in pema["per_task"]:
+        assert t["steps"] == 3 and t["fallback_alpha"] == pytest.approx(0.99 ** (3000 / 3))
+        assert t["share_adaptive"] == pytest.approx(t["adaptive_elements"] / t["elements"]) and t["share_adaptive"] > 0
+
+
+# ---------------------------------------------------------------------- adaptive aggregation, fallback horizon
+def test_aggregation_option_values() -> None:
+    assert MAGE.parse_options({}).aggregation == "adaptive"
+    assert MAGE.parse_options({}).adaptive_weight == "noise-share"
+    for raw, mode in ((True, "released"), (False, "off"), ("true", "released"), ("false", "off"),
+                      ("released", "released"), ("adaptive", "adaptive"), ("off", "off")):
+        assert MAGE.parse_options({"aggregation": raw}).aggregation == mode
+    with pytest.raises(ValueError, match=r"pema_fallback_horizon"):
+        MAGE.parse_options({"pema_fallback_horizon": "long"})
+
+
+def test_the_scaled_fallback_horizon(tiny_llava_dir: Path) -> None:
+    assert fallback_weight(0.99, 3000) == pytest.approx(0.99)
+    assert fallback_weight(0.99, 100) == pytest.approx(0.99 ** 30)  # 0.74: keeps 0.99 ** 3000 after 100 steps
+    assert fallback_weight(0.99, 100) ** 100 == pytest.approx(0.99 ** 3000)
+    for horizon, steps in (("scaled", 7), ("fixed", 7), ("scaled", 5)):
+        method = _method(tiny_llava_dir, f"method.pema_fallback_horizon={horizon}", f"train.max_steps={steps}")
+        method.before_task(1, method.ctx.benchmark.tasks[1])
+        assert method.task_steps == steps
+        assert method.fallback_alpha == pytest.approx(0.99 ** (3000 / steps) if horizon == "scaled" else 0.99)
+    # without max_steps: the loop's own count (16 samples, batch 8, 2 epochs -> 4 updates)
+    method = _method(tiny_llava_dir, "train.max_steps=null", "train.epochs=2")
+    method.before_task(1, method.ctx.benchmark.tasks[1])
+    assert method.task_steps == 4 and method.fallback_alpha == pytest.approx(0.99 ** 750)
+
+
+def test_noise_share_by_hand() -> None:
+    g = torch.tensor([[1.0, -2.0], [0.5, 3.0]])
+    same = GradientMoments(torch.zeros_like(g))
+    for _ in range(5):  # the same gradient every step: no noise, the average follows theta
+        avg, theta = torch.zeros_like(g), torch.ones_like(g)
+        c = noise_share_update(avg, theta, g, same, beta=0.9)
+        assert noise_share(same, 0.9) == pytest.approx(0.0, abs=1e-6) and torch.allclose(avg, theta)
+    assert c["adaptive_elements"] == 4 and c["alpha_sum"] == pytest.approx(0.0, abs=1e-6)
+    flip = GradientMoments(torch.zeros_like(g))
+    for i in range(200):  # g, -g, g, ...: the gradients cancel, the average barely moves
+        noise_share_update(torch.zeros_like(g), torch.ones_like(g), g * (-1) ** i, flip, beta=0.9)
+    # m_hat -> (1 - beta) / (1 + beta) g in norm, s_hat = |g|^2: share = 1 - ((1 - beta) / (1 + beta)) ** 2
+    assert noise_share(flip, 0.9) == pytest.approx(1 - (0.1 / 1.9) ** 2, rel=1e-6)
+    # written out: m and s are beta-EMAs, bias-corrected by 1 - beta ** t
+    torch.manual_seed(0)
+    gs = [torch.randn(3, 4) for _ in range(6)]
+    mom, m, s = GradientMoments(torch.zeros(3, 4)), torch.zeros(3, 4), 0.0
+    avg, theta = torch.zeros(3, 4), torch.randn(3, 4)
+    for t, gt in enumerate(gs, 1):
+        expected_avg = avg.clone()
+        noise_share_update(avg, theta, gt, mom, beta=0.8)
+        m, s = 0.8 * m + 0.2 * gt, 0.8 * s + 0.2 * float(gt.square().sum())
+        w = 1 - float((m / (1 - 0.8**t)).square().sum()) / (s / (1 - 0.8**t))
+        assert 0 <= w <= 1
+        assert torch.allclose(avg, w * expected_avg + (1 - w) * theta, atol=1e-6)
+    # no gradient yet (a LoRA A whose B is still zero): the fallback, counted
+    c = noise_share_update(torch.zeros(2), torch.ones(2), torch.zeros(2), GradientMoments(torch.zeros(2)),
+                           fallback_alpha=0.5)
+    assert c["zero_denominator"] == 2 and c["adaptive_elements"] == 0
+    # the second-order form by hand: <g, a> / (sum g^2 a^2 + eps |a|^2)
+    a, gg = torch.tensor([1.0, 2.0]), torch.tensor([0.5, -0.25])
+    assert adaptive_weight(a, gg, eps=0.1) == pytest.approx((0.5 - 0.5) / (0.25 + 0.25 + 0.1 * 5))
+    assert adaptive_weight(torch.zeros(2), gg) != adaptive_weight(torch.zeros(2), gg)  # NaN
+
+
+def _real_gradient_steps(model_dir: Path, *extra: str, steps: int = 4, before_stage_1=None) -> MAGE:
+    method = _method(model_dir, "train.lr=0.001", f"train.max_steps={steps}", *extra)
+    train_stage(method, 0)  # the experts' B leave zero, so every tensor gets a gradient at stage 1
+    if before_stage_1:
+        before_stage_1()
+    train_stage(method, 1, finish=False)
+    return method
+
+
+def test_the_adaptive_weight_lands_in_0_1_on_real_gradients(tiny_llava_dir: Path, monkeypatch) -> None:
+    import mmcl.methods.mage as mage_module
+
+    seen: list[float] = []
+    real = mage_module.noise_share
+
+    def spy(mom: GradientMoments, beta: float) -> float:
+        seen.append(real(mom, beta))
+        return seen[-1]
+
+    monkeypatch.setattr(mage_module, "noise_share", spy)
+    method = _real_gradient_steps(tiny_llava_dir, before_stage_1=seen.clear)
+    n_tensors = len(method.avg)
+    assert len(seen) == 4 * n_tensors  # 4 updates of every trained tensor
+    # in [0, 1] by construction (up to rounding: the update clamps only that), never undefined
+    assert all(-1e-6 <= w <= 1.0 + 1e-6 for w in seen)
+    assert 0.05 < sum(seen) / len(seen) < 0.95 and len({round(w, 6) for w in seen}) > n_tensors
+    assert [t["stage"] for t in method.cost()["pema"]["per_task"]] == [0]  # per_task lists finished tasks
+    method.after_task(1, method.ctx.benchmark.tasks[1])
+    per_task = method.cost()["pema"]["per_task"]
+    assert [t["task"] for t in per_task] == [t.name for t in method.ctx.benchmark.tasks[:2]]
+    # stage 0 starts from B = 0 (LoRA A has no gradient at its first step: that update falls back)
+    assert 0.5 < per_task[0]["share_adaptive"] < 1.0 and per_task[0]["zero_denominator"] > 0
+    assert per_task[1]["share_adaptive"] == 1.0 and per_task[1]["clamped_low"] + per_task[1]["clamped_high"] == 0
+    assert 0.0 < per_task[1]["mean_alpha"] < 1.0  # the element-weighted mean weight on the old average
+
+
+def test_the_released_form_falls_back_on_real_gradients(tiny_llava_dir: Path) -> None:
+    """The released alpha = (1 + g) / (a g^2 + 1e-5) is about 1e5 on LoRA-sized tensors: the 0.99 plain EMA acts."""
+    method = _real_gradient_steps(tiny_llava_dir, "method.aggregation=released", "method.pema_fallback_horizon=fixed")
+    pema = method.cost()["pema"]
+    assert pema["mode"] == "released" and pema["share_adaptive"] < 0.01
+    assert pema["out_of_range"] + pema["zero_denominator"] > 0.99 * pema["elements"]
+    assert pema["mean_alpha"] == pytest.approx(0.99, abs=0.01)
+    # one more update by hand: nearly every element moves as 0.99 * avg + 0.01 * theta
+    k, p = next((k, p) for k, p in method.expert_tensors(method.trained).items() if ".lora_B." in k)
+    avg = method.avg[k].clone()
+    p.grad = torch.randn_like(p) * 1e-3
+    method.after_backward(1)
+    plain = 0.99 * avg + 0.01 * p.detach()
+    assert (torch.isclose(method.avg[k], plain, atol=1e-7)).float().mean() > 0.99

@@ -93,14 +93,16 @@ adapter, MAGE keeps four. Distributed: DDP (``param.grad`` must be local and ful
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from accelerate.state import GradientState
 from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mmcl.data.sample import Sample, Task
 from mmcl.methods.base import METHODS, Method, MethodOptions, RunContext
@@ -116,7 +118,11 @@ class MAGEOptions(MethodOptions):
     """Ablation switches, the optional token gate, expert ranks and PEMA's coefficients."""
 
     gating: bool = Field(True, description="train only the experts of the task's modalities (false: all four)")
-    aggregation: bool = Field(True, description="PEMA running average replaces the trained experts after each task")
+    aggregation: Literal["adaptive", "released", "off"] = Field(
+        "adaptive",
+        description="running average replacing the trained experts after each task: 'adaptive' (per-tensor "
+        "second-order weight), 'released' (the released elementwise PEMA), 'off' (true = released, false = off)",
+    )
     gate: Literal["none", "token"] = Field(
         "none", description="'none': equal-weight sum (released); 'token': learned per-token softmax over experts"
     )
@@ -127,13 +133,40 @@ class MAGEOptions(MethodOptions):
     pema_fallback_alpha: float = Field(
         0.99, ge=0.0, le=1.0, description="weight on the old average where PEMA's alpha is unusable (released: 0.99)"
     )
+    pema_fallback_horizon: Literal["scaled", "fixed"] = Field(
+        "scaled",
+        description="'scaled': the fallback weight per step is pema_fallback_alpha ** (pema_release_steps / steps "
+        "of the task), the same horizon as the release's; 'fixed': pema_fallback_alpha per step",
+    )
+    pema_release_steps: int = Field(3000, ge=1, description="update steps per task the fallback weight was set for (released: 3000)")
     pema_out_of_range: Literal["fallback", "clamp"] = Field(
         "fallback", description="alpha outside [0, 1]: 'fallback' to pema_fallback_alpha, or 'clamp' into [0, 1]"
+    )
+    adaptive_weight: Literal["noise-share", "second-order"] = Field(
+        "noise-share",
+        description="aggregation=adaptive: 'noise-share' (1 - |EMA g|^2 / EMA |g|^2 per tensor) or 'second-order' "
+        "(clamp(<g, a> / (sum g^2 a^2 + eps |a|^2), 0, 1) per tensor; measured: clamped almost always)",
+    )
+    adaptive_beta: float = Field(
+        0.9, ge=0.0, lt=1.0, description="noise-share: EMA coefficient of the gradient moments (Adam's beta1)"
+    )
+    pema_adaptive_eps: float = Field(
+        1e-8, ge=0.0, description="second-order: ridge eps in <g, a> / (sum g^2 a^2 + eps |a|^2)"
     )
     pema_clipped_grad: bool = Field(True, description="scale g as the loop's grad clipping will (released: clipped)")
     pema_micro_steps: bool = Field(
         False, description="also update on non-sync gradient-accumulation micro-steps (released: true)"
     )
+
+    @field_validator("aggregation", mode="before")
+    @classmethod
+    def _aggregation_bool(cls, value: Any) -> Any:
+        """``true`` / ``false`` (the earlier boolean option) read as ``released`` / ``off``."""
+        if isinstance(value, bool):
+            return "released" if value else "off"
+        if isinstance(value, str) and value.strip().lower() in {"true", "false"}:
+            return "released" if value.strip().lower() == "true" else "off"
+        return value
 
 
 def expert_of(role: Literal["in", "out"], modality: str) -> str:
@@ -178,6 +211,24 @@ def experts_to_train(inputs: Sequence[str], outputs: Sequence[str]) -> list[str]
     return [e for e in EXPERTS if e in wanted]
 
 
+COUNT_KEYS = ("elements", "adaptive_elements", "clamped_low", "clamped_high", "zero_denominator", "out_of_range",
+              "no_grad_elements", "alpha_sum")
+"""Per-update counts, in elements (one tensor update counts its numel): ``adaptive_elements`` took the
+adaptive weight (clamped or not), ``clamped_low``/``clamped_high`` of them had it clamped to 0 / 1,
+``zero_denominator``, ``out_of_range`` and ``no_grad_elements`` took the fallback; ``alpha_sum`` is
+the sum of the weights on the old average actually used (fallbacks included)."""
+
+
+def _counts(n: int, **kw: float) -> dict[str, float]:
+    out: dict[str, float] = dict.fromkeys(COUNT_KEYS, 0)
+    out.update(elements=n, **kw)
+    return out
+
+
+def _plain_ema(avg: torch.Tensor, th: torch.Tensor, fallback_alpha: float) -> None:
+    avg.mul_(fallback_alpha).add_(th, alpha=1.0 - fallback_alpha)
+
+
 def pema_update(
     avg: torch.Tensor,
     theta: torch.Tensor,
@@ -186,42 +237,159 @@ def pema_update(
     eps: float = 1e-5,
     fallback_alpha: float = 0.99,
     out_of_range: Literal["fallback", "clamp"] = "fallback",
-) -> dict[str, int]:
-    """One PEMA step on ``avg`` in place (elementwise form of §2.3; see the module docstring).
+) -> dict[str, float]:
+    """One released-form PEMA step on ``avg`` in place (elementwise form of §2.3; see the module docstring).
 
     ``alpha = (1 + g) / ((theta - avg) * g**2 + eps)``; ``avg <- alpha * avg + (1 - alpha) * theta``.
     Elements whose alpha is unusable take ``fallback_alpha`` (the released ``except`` branch).
-    Returns the counts: ``elements``, ``zero_denominator``, ``out_of_range``, ``no_grad_elements``.
+    Returns the counts of :data:`COUNT_KEYS`.
     """
     with torch.no_grad():
         th = theta.detach().to(avg.dtype)
         n = avg.numel()
         if grad is None:  # the released code's except branch for a missing grad: a plain EMA
-            avg.mul_(fallback_alpha).add_(th, alpha=1.0 - fallback_alpha)
-            return {"elements": n, "zero_denominator": 0, "out_of_range": 0, "no_grad_elements": n}
+            _plain_ema(avg, th, fallback_alpha)
+            return _counts(n, no_grad_elements=n, alpha_sum=fallback_alpha * n)
         g = grad.detach().to(avg.dtype)
         den = (th - avg) * g.square() + eps
         zero = den == 0
         alpha = (1.0 + g) / torch.where(zero, torch.ones_like(den), den)
         finite = torch.isfinite(alpha) & ~zero
+        low, high = finite & (alpha < 0), finite & (alpha > 1)
         if out_of_range == "clamp":
             alpha = alpha.clamp(0.0, 1.0)
             bad = ~finite
         else:
-            bad = ~finite | (alpha < 0) | (alpha > 1)
+            bad = ~finite | low | high
+            low, high = torch.zeros_like(low), torch.zeros_like(high)
         alpha = torch.where(bad, torch.full_like(alpha, fallback_alpha), alpha)
         avg.mul_(alpha).add_((1.0 - alpha) * th)
-        n_zero = int(zero.sum())
-        return {
-            "elements": n,
-            "zero_denominator": n_zero,
-            "out_of_range": int(bad.sum()) - n_zero,
-            "no_grad_elements": 0,
-        }
+        n_zero, n_bad = int(zero.sum()), int(bad.sum())
+        return _counts(n, adaptive_elements=n - n_bad, clamped_low=int(low.sum()), clamped_high=int(high.sum()),
+                       zero_denominator=n_zero, out_of_range=n_bad - n_zero, alpha_sum=float(alpha.sum()))
 
 
-def _new_counts() -> dict[str, int]:
-    return {"elements": 0, "zero_denominator": 0, "out_of_range": 0, "no_grad_elements": 0, "not_replaced": 0}
+def adaptive_weight(a: torch.Tensor, g: torch.Tensor, eps: float = 1e-8) -> float:
+    """The unclamped per-tensor weight on the old average: ``<g, a> / (sum g**2 a**2 + eps |a|**2)``.
+
+    With ``a = theta - avg``, the candidate ``avg' = theta - w a`` (``w`` on the old average), and the
+    loss around ``theta`` to second order with the empirical-Fisher diagonal ``diag(g**2)`` as the
+    Hessian, ``L(theta - w a) ~ L - w <g, a> + w**2 / 2 * a^T diag(g**2) a`` is lowest at this ``w``.
+    NaN when the denominator is 0 (``a = 0``: every ``w`` gives the same average).
+    """
+    a64, g64 = a.double(), g.double()
+    num = float((g64 * a64).sum())
+    den = float((g64 * a64).square().sum() + eps * a64.square().sum())
+    return num / den if den > 0 else float("nan")
+
+
+def pema_adaptive_update(
+    avg: torch.Tensor,
+    theta: torch.Tensor,
+    grad: torch.Tensor | None,
+    *,
+    eps: float = 1e-8,
+    fallback_alpha: float = 0.99,
+) -> dict[str, float]:
+    """One second-order step on ``avg`` in place (``adaptive_weight: second-order``), one weight per tensor.
+
+    ``w = clamp(adaptive_weight(a, g, eps), 0, 1)`` with ``a = theta - avg``;
+    ``avg <- w * avg + (1 - w) * theta``. A tensor without a gradient, or whose ``w`` is undefined
+    (``a = 0``) or not finite, takes ``fallback_alpha``. Returns the counts of :data:`COUNT_KEYS`.
+    """
+    with torch.no_grad():
+        th = theta.detach().to(avg.dtype)
+        n = avg.numel()
+        if grad is None:
+            _plain_ema(avg, th, fallback_alpha)
+            return _counts(n, no_grad_elements=n, alpha_sum=fallback_alpha * n)
+        w = adaptive_weight(th - avg, grad.detach().to(avg.dtype), eps)
+        if not math.isfinite(w):
+            zero = bool((th == avg).all())
+            _plain_ema(avg, th, fallback_alpha)
+            return _counts(n, zero_denominator=n if zero else 0, out_of_range=0 if zero else n,
+                           alpha_sum=fallback_alpha * n)
+        clamped = min(1.0, max(0.0, w))
+        avg.mul_(clamped).add_(th, alpha=1.0 - clamped)
+        return _counts(n, adaptive_elements=n, clamped_low=n if w < 0 else 0, clamped_high=n if w > 1 else 0,
+                       alpha_sum=clamped * n)
+
+
+@dataclass
+class GradientMoments:
+    """Running gradient moments of one tensor for :func:`noise_share_update`: ``m`` (EMA of ``g``,
+    a tensor), ``s`` (EMA of ``|g|**2``, a scalar), ``t`` (updates so far)."""
+
+    m: torch.Tensor
+    s: float = 0.0
+    t: int = 0
+
+
+def noise_share(mom: GradientMoments, beta: float) -> float:
+    """``1 - |m_hat|**2 / s_hat``: the share of the recent gradients' energy that cancels out (NaN if s = 0).
+
+    ``m_hat = m / (1 - beta**t)`` and ``s_hat = s / (1 - beta**t)`` are weighted means of ``g`` and
+    ``|g|**2`` with the same weights, so ``|m_hat|**2 <= s_hat`` (Jensen) and the share is in [0, 1]:
+    0 when the recent gradients agree, ``(1 - beta) / (1 + beta)`` short of 1 for independent noise.
+    """
+    if mom.s <= 0 or mom.t == 0:
+        return float("nan")
+    corr = 1.0 - beta**mom.t
+    ratio = float(mom.m.double().square().sum()) / corr / mom.s  # |m_hat|^2 / s_hat = |m|^2 / (corr * s)
+    return 1.0 - ratio
+
+
+def noise_share_update(
+    avg: torch.Tensor,
+    theta: torch.Tensor,
+    grad: torch.Tensor | None,
+    mom: GradientMoments,
+    *,
+    beta: float = 0.9,
+    fallback_alpha: float = 0.99,
+) -> dict[str, float]:
+    """One adaptive aggregation step (``adaptive_weight: noise-share``, the default) on ``avg`` in place.
+
+    The running moments take ``g``; then ``w = noise_share(mom, beta)`` (one weight per tensor, in
+    [0, 1] by construction; clamped only against rounding) and ``avg <- w * avg + (1 - w) * theta``.
+    No gradient, or an all-zero gradient history (``w`` undefined): ``fallback_alpha``, counted.
+    """
+    with torch.no_grad():
+        th = theta.detach().to(avg.dtype)
+        n = avg.numel()
+        if grad is None:
+            _plain_ema(avg, th, fallback_alpha)
+            return _counts(n, no_grad_elements=n, alpha_sum=fallback_alpha * n)
+        g = grad.detach().to(mom.m.dtype)
+        mom.m.mul_(beta).add_(g, alpha=1.0 - beta)
+        mom.s = beta * mom.s + (1.0 - beta) * float(g.double().square().sum())
+        mom.t += 1
+        w = noise_share(mom, beta)
+        if not math.isfinite(w):
+            _plain_ema(avg, th, fallback_alpha)
+            return _counts(n, zero_denominator=n, alpha_sum=fallback_alpha * n)
+        w = min(1.0, max(0.0, w))
+        avg.mul_(w).add_(th, alpha=1.0 - w)
+        return _counts(n, adaptive_elements=n, alpha_sum=w * n)
+
+
+def _new_counts() -> dict[str, float]:
+    return {**dict.fromkeys(COUNT_KEYS, 0), "not_replaced": 0}
+
+
+def share_adaptive(counts: dict[str, float]) -> float | None:
+    """The share of element updates that used the adaptive weight (None before any update)."""
+    return counts["adaptive_elements"] / counts["elements"] if counts["elements"] else None
+
+
+def fallback_weight(alpha: float, steps: int, release_steps: int = 3000) -> float:
+    """The per-step fallback weight with the released horizon: ``alpha ** (release_steps / steps)``.
+
+    A plain EMA of weight ``alpha`` over the release's ``release_steps`` steps keeps ``alpha **
+    release_steps`` of the start-of-task weights (0.99 ** 3000 = 8e-14); over ``steps`` steps this
+    weight keeps the same share.
+    """
+    return float(alpha ** (release_steps / max(1, steps)))
 
 
 @METHODS.register("mage")
@@ -250,9 +418,12 @@ class MAGE(Method):
         self.trained: list[str] = list(EXPERTS)  # experts trainable in the current/last task
         self.modalities: dict[str, list[str]] = {}
         self.avg: dict[str, torch.Tensor] = {}  # PEMA running averages of the trained tensors (this task)
-        self.counts: dict[str, int] = _new_counts()  # PEMA counters, whole run
+        self.moments: dict[str, GradientMoments] = {}  # aggregation=adaptive, noise-share: gradient moments
+        self.counts: dict[str, float] = _new_counts()  # PEMA counters, whole run
         self.stage_log: list[dict[str, Any]] = []  # per stage: modalities, trained experts, PEMA counts
-        self._stage_counts: dict[str, int] = _new_counts()
+        self._stage_counts: dict[str, float] = _new_counts()
+        self.fallback_alpha = self.opts.pema_fallback_alpha  # this task's per-step fallback weight
+        self.task_steps = 0  # this task's update steps (for the scaled fallback horizon)
         self.peak_avg_bytes = 0
 
     @property
@@ -337,15 +508,28 @@ class MAGE(Method):
         self.trained = experts_to_train(inputs, outputs) if self.opts.gating else list(EXPERTS)
         self._activate()
         self._stage_counts = _new_counts()
-        self.avg = {}
+        self.avg, self.moments = {}, {}
+        self.task_steps = self._task_steps(stage, task)
+        o = self.opts
+        self.fallback_alpha = (fallback_weight(o.pema_fallback_alpha, self.task_steps, o.pema_release_steps)
+                               if o.pema_fallback_horizon == "scaled" else o.pema_fallback_alpha)
         # a shared warm-start task (task.meta["warm_start"], Continual-NExT's VQAv2) is trained without
         # the CL mechanism, as in the paper: gating applies, aggregation does not
-        if self.opts.aggregation and not task.meta.get("warm_start"):  # released: ema = deepcopy(θ) at the first step
+        if o.aggregation != "off" and not task.meta.get("warm_start"):  # released: ema = deepcopy(θ) at the first step
             self.avg = {k: p.detach().clone().float() for k, p in self.expert_tensors(self.trained).items()}
+            if o.aggregation == "adaptive" and o.adaptive_weight == "noise-share":
+                self.moments = {k: GradientMoments(torch.zeros_like(t)) for k, t in self.avg.items()}
             self.peak_avg_bytes = max(self.peak_avg_bytes, self._avg_bytes())
 
+    def _task_steps(self, stage: int, task: Task) -> int:
+        """The update steps the loop will run on this task (as ``train.loop.num_update_steps``)."""
+        from mmcl.train.loop import num_update_steps
+
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        return num_update_steps(len(self.train_samples(stage, task)), self.ctx.config.train, world)
+
     def after_backward(self, stage: int) -> None:
-        if not self.opts.aggregation or not self.avg:
+        if self.opts.aggregation == "off" or not self.avg:
             return
         if not self.opts.pema_micro_steps and not GradientState().sync_gradients:
             return
@@ -355,9 +539,14 @@ class MAGE(Method):
         for k, avg in self.avg.items():
             p = tensors[k]
             g = None if p.grad is None else p.grad * scale
-            c = pema_update(
-                avg, p, g, eps=o.pema_eps, fallback_alpha=o.pema_fallback_alpha, out_of_range=o.pema_out_of_range
-            )
+            if o.aggregation == "adaptive" and o.adaptive_weight == "noise-share":
+                c = noise_share_update(avg, p, g, self.moments[k], beta=o.adaptive_beta,
+                                       fallback_alpha=self.fallback_alpha)
+            elif o.aggregation == "adaptive":
+                c = pema_adaptive_update(avg, p, g, eps=o.pema_adaptive_eps, fallback_alpha=self.fallback_alpha)
+            else:
+                c = pema_update(avg, p, g, eps=o.pema_eps, fallback_alpha=self.fallback_alpha,
+                                out_of_range=o.pema_out_of_range)
             for name, v in c.items():
                 self._stage_counts[name] += v
                 self.counts[name] += v
@@ -375,7 +564,7 @@ class MAGE(Method):
         return min(1.0, max_norm / (norm + 1e-6))
 
     def after_task(self, stage: int, task: Task) -> None:
-        if self.opts.aggregation and self.avg:
+        if self.opts.aggregation != "off" and self.avg:
             self.replace_with_averages()
         self.stage_log.append(
             {
@@ -384,6 +573,8 @@ class MAGE(Method):
                 "modalities": dict(self.modalities),
                 "trained": list(self.trained),
                 "pema": dict(self._stage_counts),
+                "steps": self.task_steps,
+                "fallback_alpha": self.fallback_alpha,
             }
         )
 
@@ -397,10 +588,11 @@ class MAGE(Method):
                     self.counts["not_replaced"] += 1
                     continue
                 tensors[k].copy_(avg.to(tensors[k].dtype))
-        self.avg = {}
+        self.avg, self.moments = {}, {}
 
     def _avg_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.avg.values())
+        held = [*self.avg.values(), *(m.m for m in self.moments.values())]
+        return sum(t.numel() * t.element_size() for t in held)
 
     # ------------------------------------------------------------------ bookkeeping
     def state_dict(self) -> dict[str, Any]:
@@ -408,10 +600,13 @@ class MAGE(Method):
             "trained": list(self.trained),
             "modalities": dict(self.modalities),
             "avg": {k: t.detach().cpu().clone() for k, t in self.avg.items()},
+            "moments": {k: {"m": m.m.detach().cpu().clone(), "s": m.s, "t": m.t} for k, m in self.moments.items()},
             "counts": dict(self.counts),
             "stage_counts": dict(self._stage_counts),
             "stage_log": copy.deepcopy(self.stage_log),
             "peak_avg_bytes": self.peak_avg_bytes,
+            "fallback_alpha": self.fallback_alpha,
+            "task_steps": self.task_steps,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -431,10 +626,14 @@ class MAGE(Method):
             if t.shape != own[k].shape:
                 raise ValueError(f"mage state: {k} has shape {tuple(t.shape)}, expected {tuple(own[k].shape)}")
             self.avg[k] = t.to(own[k].device, torch.float32).clone()
+        self.moments = {k: GradientMoments(m["m"].to(own[k].device, torch.float32).clone(), float(m["s"]), int(m["t"]))
+                        for k, m in state.get("moments", {}).items() if k in self.avg}
         self.counts = {**_new_counts(), **state["counts"]}
         self._stage_counts = {**_new_counts(), **state["stage_counts"]}
         self.stage_log = copy.deepcopy(state["stage_log"])
         self.peak_avg_bytes = int(state["peak_avg_bytes"])
+        self.fallback_alpha = float(state.get("fallback_alpha", self.opts.pema_fallback_alpha))
+        self.task_steps = int(state.get("task_steps", 0))
 
     def cost(self) -> dict[str, Any]:
         experts = self.expert_tensors()
@@ -444,9 +643,26 @@ class MAGE(Method):
             "params_per_expert": sum(p.numel() for p in self.expert_tensors([EXPERTS[0]]).values()),
             "held_bytes": {"running_averages": self._avg_bytes()},  # 0 between tasks: averages live in a task
             "peak_running_average_bytes": self.peak_avg_bytes,
-            "pema": dict(self.counts),
+            "pema": self.pema_summary(),
             "trained_experts": {str(s["stage"]): s["trained"] for s in self.stage_log},
         }
+
+    def pema_summary(self) -> dict[str, Any]:
+        """Whole-run counts, the share of element updates that used the adaptive weight, the mean
+        weight on the old average, and the same per task (``per_task``, tasks with aggregation only)."""
+
+        def shares(c: dict[str, float]) -> dict[str, Any]:
+            n = c["elements"]
+            return {"share_adaptive": share_adaptive(c),
+                    "share_clamped": (c["clamped_low"] + c["clamped_high"]) / n if n else None,
+                    "mean_alpha": c["alpha_sum"] / n if n else None}
+
+        per_task = [
+            {"stage": s["stage"], "task": s["task"], "steps": s.get("steps"), "fallback_alpha": s.get("fallback_alpha"),
+             **shares({**_new_counts(), **s["pema"]}), **s["pema"]}
+            for s in self.stage_log if s["pema"].get("elements")
+        ]
+        return {"mode": self.opts.aggregation, **self.counts, **shares(self.counts), "per_task": per_task}
 
 
 # ---------------------------------------------------------------------- token gate hooks
