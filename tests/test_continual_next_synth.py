@@ -240,3 +240,30 @@ def test_a_box_answer_fits_in_the_grounding_token_budget_of_the_shipped_tokenize
     tok = PreTrainedTokenizerFast.from_pretrained(preset_dir("tiny-janus"))
     longest = max(len(tok(" " + s.answers[0])["input_ids"]) for s in samples(bench.task("grounding")))
     assert longest + 1 <= BOX_MAX_NEW_TOKENS  # + end of sequence
+
+
+def test_the_alternating_order_alternates_the_declared_modalities() -> None:
+    from mmcl.benchmarks.continual_next_synth import alternate_modalities
+
+    alt = make(modality_order="alternating", train_size=4, test_size=2)
+    assert alt.task_names == ["vqa", "t2i", "classification", "editing", "ocr-vqa", "grounding"]
+    mods = [(tuple(t.meta["modalities"]["in"]), tuple(t.meta["modalities"]["out"])) for t in alt.tasks]
+    # the first five alternate: every step changes the output modality (and t2i's input has no image)
+    outs = [m[1] for m in mods]
+    assert outs[:5] == [("text",), ("image",), ("text",), ("image",), ("text",)]
+    assert all(a != b for a, b in zip(mods[:4], mods[1:5], strict=True))
+    assert alt.tasks[0].meta["warm_start"] and not any(t.meta["warm_start"] for t in alt.tasks[1:])
+    # the same tasks and data as the default order
+    default = {t.name: t for t in make(train_size=4, test_size=2).tasks}
+    for t in alt.tasks:
+        assert [s.id for s in t.train] == [s.id for s in default[t.name].train]
+    # a subset takes the first N of the alternating order; an explicit order conflicts
+    assert make(modality_order="alternating", tasks=3, train_size=4, test_size=2).task_names == ["vqa", "t2i",
+                                                                                                 "classification"]
+    with pytest.raises(ConfigError, match="modality_order=alternating sets the task order"):
+        make(modality_order="alternating", order=["t2i", "vqa"], train_size=4, test_size=2)
+    with pytest.raises(ConfigError, match="modality_order"):
+        make(modality_order="zigzag", train_size=4, test_size=2)
+    # greedy on declared modalities: a stream with no differing neighbour keeps its order
+    same = [t for t in make(train_size=4, test_size=2).tasks if t.meta["modalities"]["out"] == ["text"]]
+    assert [t.name for t in alternate_modalities(same)] == [t.name for t in same]

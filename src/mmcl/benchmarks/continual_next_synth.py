@@ -37,6 +37,11 @@ Every sample's ``meta["present"]`` is the synthetic ground truth of the image th
 (for MAGE's gating), ``meta["modality_pair"]`` (:data:`MODALITY_PAIRS`, the format of
 :mod:`mmcl.report.cross_modal`), ``meta["correct_at"]`` and ``meta["warm_start"]``.
 
+Order: the paper's (above) by default; ``modality_order: alternating`` reorders the same tasks so
+that consecutive tasks differ in their declared modalities where possible (vqa -> t2i ->
+classification -> editing -> ocr-vqa -> grounding, :func:`alternate_modalities`), which gives
+MAGE's modality gating different experts to train from one task to the next.
+
 Data: each sample is drawn from its own generator seeded by (seed, task name, split, index),
 so a task's data depends only on the seed, its name and the sizes. Test samples are drawn
 first; a training sample equal to a test sample is redrawn. Images are rendered on demand by
@@ -52,7 +57,7 @@ import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
@@ -61,7 +66,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from mmcl.benchmarks import BENCHMARKS
 from mmcl.benchmarks.stream import apply_stream_options, parse_options
 from mmcl.benchmarks.synth_draw import format_box
-from mmcl.config import BenchmarkConfig
+from mmcl.config import BenchmarkConfig, ConfigError
 from mmcl.data.sample import Benchmark, Sample, Task
 
 NAME = "continual-next-synth"
@@ -583,6 +588,29 @@ def make_task(name: str, seed: int = 0, train_size: int = 200, test_size: int = 
 # ---------------------------------------------------------------- options and factory
 
 
+def _modalities_key(task: Task) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    mods = task.meta["modalities"]
+    return tuple(sorted(mods["in"])), tuple(sorted(mods["out"]))
+
+
+def alternate_modalities(tasks: list[Task]) -> list[Task]:
+    """``tasks`` reordered so that consecutive tasks differ in their modalities where possible.
+
+    Greedy, from the default order: the first task stays (the warm start); each next task is the
+    first remaining one whose ``meta["modalities"]`` (inputs, outputs) differ from the previous
+    task's, else the first remaining one. On this stream: vqa -> t2i -> classification -> editing
+    -> ocr-vqa -> grounding (text, image, text, image answers, then the last two text tasks back to
+    back: four of the six tasks answer with text).
+    """
+    rest, out = list(tasks), []
+    while rest:
+        pick = next((t for t in rest if not out or _modalities_key(t) != _modalities_key(out[-1])), rest[0])
+        out.append(pick)
+        rest.remove(pick)
+    return out
+
+
+
 class Options(BaseModel):
     """``continual-next-synth`` options (extra keys of the ``benchmark`` config section)."""
 
@@ -591,6 +619,11 @@ class Options(BaseModel):
     image_size: int = Field(default_factory=_default_image_size, ge=32, description="image side in pixels; a multiple of 16")
     train_size: int = Field(200, ge=0, description="training samples per task")
     test_size: int = Field(24, ge=1, description="test samples per task")
+    modality_order: Literal["default", "alternating"] = Field(
+        "default",
+        description="'default': the paper's order; 'alternating': each next task, in the default order, is the "
+        "first whose modalities (meta['modalities']) differ from the previous task's (see alternate_modalities)",
+    )
 
     @field_validator("image_size")
     @classmethod
@@ -606,6 +639,11 @@ def build(cfg: BenchmarkConfig) -> Benchmark:
     opts = parse_options(Options, cfg.options(), NAME)
     seed = cfg.seed if cfg.seed is not None else 0
     tasks = [make_task(n, seed, opts.train_size, opts.test_size, opts.image_size) for n in TASK_NAMES]
+    if opts.modality_order == "alternating":
+        if cfg.order is not None:
+            raise ConfigError("benchmark.modality_order=alternating sets the task order: leave benchmark.order unset "
+                              "(or use modality_order=default with your order)")
+        tasks = alternate_modalities(tasks)
     return Benchmark(
         name=NAME,
         tasks=apply_stream_options(tasks, cfg, seed),
