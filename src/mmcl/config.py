@@ -163,6 +163,10 @@ class EvalConfig(_Strict):
     save_predictions: bool = True
     # classifier-free guidance of image answers (dual-to-dual models)
     cfg_scale: Annotated[float, _Number, Field(gt=1.0)] = 3.0
+    # who decides that an answer is an image (dual-to-dual models): "model" (its first token is
+    # <begin_of_image> or not), or "task" (samples with a target image get one directly, as Janus'
+    # own pipeline does: for checkpoints never trained to emit <begin_of_image> themselves)
+    image_answers: Literal["model", "task"] = "model"
 
     @model_validator(mode="before")
     @classmethod

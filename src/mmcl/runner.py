@@ -657,6 +657,7 @@ class Runner:
                     shard=self._shard(),
                     image_token_id=self._image_token_id,
                     cfg_scale=self.cfg.eval.cfg_scale,
+                    image_answers=self.cfg.eval.image_answers,
                 )
             if task is not full_task:
                 res.scores.update(budget.standard_errors(task, res.predictions, len(full_task.test)))

@@ -109,12 +109,14 @@ def evaluate_task(
     shard: Shard | None = None,
     image_token_id: int | None = None,
     cfg_scale: float = DEFAULT_CFG_SCALE,
+    image_answers: str = "model",
 ) -> TaskResult:
     """Generate answers for ``task``'s test set and score them; with ``shard``, generation is split
     over the processes and every process gets all answers and the same scores.
 
     ``image_token_id`` (a dual-to-dual model's ``<begin_of_image>``): the model may answer any
-    prompt with an image (:mod:`mmcl.eval.dual`, guidance ``cfg_scale``)."""
+    prompt with an image (:mod:`mmcl.eval.dual`, guidance ``cfg_scale``); with ``image_answers="task"``
+    the samples that ask for an image (``Sample.wants_image``) get one directly."""
     adapter_names = method.route(task.test, task)
 
     def generate(idx: list[int], names: list[str] | None, progress: Callable[[int], None] | None) -> list[str]:
@@ -124,6 +126,7 @@ def evaluate_task(
                 max_new_tokens=max_new_tokens or task.max_new_tokens, boi_id=image_token_id, cfg_scale=cfg_scale,
                 adapter_names=[names[i] for i in idx] if names is not None else None, device=device,
                 on_batch=progress, shard=shard,
+                image_prompts=[task.test[i].wants_image for i in idx] if image_answers == "task" else None,
             )
         return generate_answers(
             method.model,

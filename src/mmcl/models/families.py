@@ -14,8 +14,10 @@ language model sits at ``model.language_model``); peft matches them with ``re.fu
 
 Vision inputs differ per family (see ``train/encode.py``): LLaVA ``pixel_values`` [B, C, H, W];
 LLaVA-NeXT [B, patches, C, H, W] + ``image_sizes`` (anyres tiles); Qwen2-VL packed patches
-[sum_patches, dim] + ``image_grid_thw`` (and ``mm_token_type_ids`` for M-RoPE); Janus [B, C, H, W]
-(understanding path only; its image-generation head is left untouched).
+[sum_patches, dim] + ``image_grid_thw`` (and ``mm_token_type_ids`` for M-RoPE); Janus [B, C, H, W].
+A Janus checkpoint also answers with images, whether it is the tiny preset or a local directory
+(``model.path``): training on image targets (``train/dual.py``) and generation (``eval/dual.py``)
+read only the real class's modules (VQ, generation head and embeddings) and the processor.
 """
 
 from __future__ import annotations
