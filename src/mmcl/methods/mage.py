@@ -37,19 +37,67 @@ trains gen_text_in, gen_image_in, exp_image_out. The other experts stay frozen b
 1 in the sum). ``gating: false`` trains all four at every task (the ablation "equal-weight sum
 only" together with ``aggregation: false``).
 
-**Aggregation, PEMA (§2.3).** During a task, each trained expert tensor ``theta`` (every A and B)
-keeps a running average ``avg`` (set to ``theta`` when the task starts). At every update step
-(``after_backward``, i.e. before the optimizer step, as released) with gradient ``g``::
+**Aggregation (§2.3): ``aggregation: adaptive`` (default) | ``released`` | ``off``.** During a
+task, each trained expert tensor ``theta`` (every A and B) keeps a running average ``avg`` (set to
+``theta`` when the task starts). At every update step (``after_backward``, i.e. before the
+optimizer step, as released) with gradient ``g``, ``a = theta - avg``, a weight ``alpha`` on the
+OLD (stable) copy updates ``avg = alpha * avg + (1 - alpha) * theta``; at the end of the task
+(``after_task``) the averages replace the trained weights (released ``ema_replace``; an average
+with a NaN/inf is not copied, as released, and counted). A task marked ``meta["warm_start"]`` (the
+shared first task of Continual-NExT, trained "without any CL method" by every baseline) is trained
+without aggregation. ``true`` / ``false`` (the earlier boolean option) read as ``released`` / ``off``.
 
-    a     = theta - avg                      # released: a = θ − ema
+``released`` (PEMA as in the code, elementwise; see the differences below)::
+
     alpha = (1 + g) / (a * g**2 + eps)       # released: alpha = (g + 1) @ inv(aᵀ g² + eps·I)
     alpha = fallback_alpha where alpha is not finite or outside [0, 1]   (pema_out_of_range=fallback)
-    avg   = alpha * avg + (1 - alpha) * theta   # alpha weighs the OLD (stable) copy, as released
 
-and at the end of the task (``after_task``) the averages replace the trained weights
-(released ``ema_replace``; an average with a NaN/inf is not copied, as released, and counted).
-A task marked ``meta["warm_start"]`` (the shared first task of Continual-NExT, trained "without
-any CL method" by every baseline) is trained without aggregation.
+Measured, it never acts: on the tiny Janus' LoRA experts ``a g²`` is far below ``eps = 1e-5``, so
+alpha is about 1e5 and the share of elements whose alpha lands in [0, 1] is below 1 %
+(``tests/test_method_mage.py``; 0.0 on a quick run). Run in its released matrix form on the same
+tensors, the average diverged (max |avg| 0.12 -> 2e9 in 3 updates), so in the release the
+adaptive weight cannot have acted either (its NaN guard or bare ``except`` catches it): what runs
+is the fallback, a plain EMA.
+
+``adaptive`` with ``adaptive_weight: noise-share`` (default), one weight per tensor::
+
+    m     = beta * m + (1 - beta) * g                # running gradient moments (beta = adaptive_beta, 0.9)
+    s     = beta * s + (1 - beta) * |g|**2
+    alpha = 1 - |m / (1 - beta**t)|**2 / (s / (1 - beta**t))
+
+``alpha`` is the share of the recent gradients' energy that cancels out: dimensionless (the units
+of ``g`` cancel; rescaling a tensor changes nothing) and in [0, 1] by construction (the two
+bias-corrected EMAs are means under the same weights, so ``|m_hat|**2 <= s_hat`` by Jensen), so it
+needs no fallback and no clamp (only against rounding). Where successive gradients agree (the
+task is still being learned along a direction) alpha is near 0 and the average follows the
+weights; where they cancel (the weights oscillate around what the task wants) alpha approaches
+1 - ((1 - beta) / (1 + beta))**2 = 0.997 and the average holds, filtering the oscillation out of
+what is kept. It costs one more fp32 copy of the trained experts (``m``; DEMA keeps ``g_prev``,
+the same size) and one scalar per tensor. A tensor without a gradient yet (LoRA A while its B
+is still 0) takes the fallback, counted.
+
+``adaptive`` with ``adaptive_weight: second-order``: the per-tensor optimum of the released
+derivation, ``alpha = clamp(<g, a> / (sum g**2 a**2 + eps |a|**2), 0, 1)`` (the loss along
+``theta - alpha a`` to second order, the empirical-Fisher diagonal of the batch gradient as the
+Hessian). Kept to be reproducible, not the default: measured on the tiny Janus (classification
+stage, 20 steps, 3,024 tensor updates) the unclamped value's median is -1.9e5 and only 2.8 % land
+in [0, 1] (79 % below 0, 18 % above 1): the squared *mean* batch gradient underestimates the
+curvature by orders of magnitude, so the weight is a sign test (keep the old average entirely, or
+jump to the weights). The per-tensor form of the same authors' DEMA (CIA,
+``0.01 (1 + |g|_1) / (|a|_1 |g - g_prev|_1)``, base weight 0.001 outside (0, 1)) was not
+chosen: it is not dimensionless (``1 + |g|_1`` adds a number to a gradient) and, like the
+released form, bounded only by a fallback.
+
+Counts, per task (``cost()["pema"]["per_task"]``, in results.json) and for the run: element
+updates, those that used the adaptive weight (``share_adaptive``), clamped (``share_clamped``),
+the fallbacks by cause, and the mean weight on the old average (``mean_alpha``).
+
+**The fallback weight** (``pema_fallback_alpha``, released 0.99) acts where the adaptive weight
+cannot. With ``pema_fallback_horizon: scaled`` (default) it is ``0.99 ** (pema_release_steps /
+steps)`` for a task of ``steps`` update steps (released: 3,000 steps per task), so a task keeps
+the share of its start-of-task weights the release's keeps (0.99 ** 3000); ``fixed`` uses 0.99
+per step, which over the quick config's 100 steps keeps 0.37 of the start-of-task weights (the
+release: 8e-14), pulling each task's experts back toward where they started.
 
 Differences from the released code, on purpose:
 
@@ -68,9 +116,7 @@ Differences from the released code, on purpose:
   gradients, ``a g²`` is far below ``eps``, so alpha is about ``1e5`` and most elements take the
   fallback, i.e. a plain EMA with coefficient ``pema_fallback_alpha``: the counts say how often.
   (The released matrix form has the same scale: ``inv(aᵀg² + 1e-5 I)`` is about ``1e5 I``.)
-  A plain EMA of 0.99 over N update steps keeps a weight of ``0.99**N`` on the start-of-task
-  weights (0.37 at N = 100, 0.05 at the released 3000 steps): on short tasks aggregation undoes
-  much of the task's learning; lower ``pema_fallback_alpha`` for them.
+  The fallback's horizon is scaled to the task's length by default (above).
 * **Gradient as released: clipped.** The released update reads ``param.grad`` after clipping;
   ``after_backward`` runs before the loop clips, so with ``pema_clipped_grad`` (default) ``g`` is
   scaled by the clipping factor ``min(1, max_grad_norm / (||g||_2 + 1e-6))`` over the trainable
