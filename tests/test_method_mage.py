@@ -379,9 +379,10 @@ def test_end_to_end(tiny_llava_dir: Path, tmp_path: Path) -> None:
     assert 0 < pema["share_adaptive"] <= 1 and 0 <= pema["mean_alpha"] <= 1
     # per task: the share of updates that used the adaptive weight, with the task's steps and fallback weight
     assert [t["stage"] for t in pema["per_task"]] == [0, 1, 2]
-    for t in pema["per_task"]:
-        assert t["steps"] == 3 and t["fallback_alpha"] == pytest.approx(0.99 ** (3000 / 3))
-        assert t["share_adaptive"] == pytest.approx(t["adaptive_elements"] / t["elements"]) and t["share_adaptive"] > 0
+    assert pema["share_adaptive"] == pytest.approx(pema["adaptive_elements"] / pema["elements"], abs=1e-4)
+    for t in pema["per_task"]:  # in results.json: the share per task, with its steps and fallback weight
+        assert t["steps"] == 3 and t["fallback_alpha"] == pytest.approx(0.99 ** (3000 / 3), abs=1e-4)
+        assert 0 < t["share_adaptive"] <= 1 and 0 <= t["mean_alpha"] <= 1
 
 
 # ---------------------------------------------------------------------- adaptive aggregation, fallback horizon
@@ -476,8 +477,9 @@ def test_the_adaptive_weight_lands_in_0_1_on_real_gradients(tiny_llava_dir: Path
     per_task = method.cost()["pema"]["per_task"]
     assert [t["task"] for t in per_task] == [t.name for t in method.ctx.benchmark.tasks[:2]]
     # stage 0 starts from B = 0 (LoRA A has no gradient at its first step: that update falls back)
-    assert 0.5 < per_task[0]["share_adaptive"] < 1.0 and per_task[0]["zero_denominator"] > 0
-    assert per_task[1]["share_adaptive"] == 1.0 and per_task[1]["clamped_low"] + per_task[1]["clamped_high"] == 0
+    assert 0.5 < per_task[0]["share_adaptive"] < 1.0
+    assert method.stage_log[0]["pema"]["zero_denominator"] > 0
+    assert per_task[1]["share_adaptive"] == 1.0 and per_task[1]["share_clamped"] == 0
     assert 0.0 < per_task[1]["mean_alpha"] < 1.0  # the element-weighted mean weight on the old average
 
 

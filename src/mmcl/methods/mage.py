@@ -694,21 +694,24 @@ class MAGE(Method):
         }
 
     def pema_summary(self) -> dict[str, Any]:
-        """Whole-run counts, the share of element updates that used the adaptive weight, the mean
-        weight on the old average, and the same per task (``per_task``, tasks with aggregation only)."""
+        """Whole-run counts (:data:`COUNT_KEYS`), the share of element updates that used the adaptive
+        weight, the share clamped, the mean weight on the old average; ``per_task``: the same shares
+        with the task's steps and fallback weight (tasks with aggregation only; counts in the state)."""
 
         def shares(c: dict[str, float]) -> dict[str, Any]:
             n = c["elements"]
-            return {"share_adaptive": share_adaptive(c),
-                    "share_clamped": (c["clamped_low"] + c["clamped_high"]) / n if n else None,
-                    "mean_alpha": c["alpha_sum"] / n if n else None}
+            r = (lambda v: round(v, 4)) if n else (lambda v: None)
+            return {"share_adaptive": r(c["adaptive_elements"] / n if n else 0),
+                    "share_clamped": r((c["clamped_low"] + c["clamped_high"]) / n if n else 0),
+                    "mean_alpha": r(c["alpha_sum"] / n if n else 0)}
 
         per_task = [
-            {"stage": s["stage"], "task": s["task"], "steps": s.get("steps"), "fallback_alpha": s.get("fallback_alpha"),
-             **shares({**_new_counts(), **s["pema"]}), **s["pema"]}
+            {"stage": s["stage"], "task": s["task"], "steps": s.get("steps"),
+             "fallback_alpha": round(s["fallback_alpha"], 4) if s.get("fallback_alpha") is not None else None,
+             **shares({**_new_counts(), **s["pema"]})}
             for s in self.stage_log if s["pema"].get("elements")
         ]
-        return {"mode": self.opts.aggregation, **self.counts, **shares(self.counts), "per_task": per_task}
+        return {"mode": self.opts.aggregation, **shares(self.counts), **self.counts, "per_task": per_task}
 
 
 # ---------------------------------------------------------------------- token gate hooks
