@@ -151,6 +151,29 @@ def test_training_teaches_the_model_to_choose_an_image_or_text(bundle: types.Sim
 
 
 
+def test_image_prompts_are_answered_with_images_without_asking_the_model(bundle: types.SimpleNamespace) -> None:
+    """eval.image_answers=task: flagged prompts get an image (the untrained model would answer text)."""
+    enc = Encoder.for_bundle(bundle)
+    prompts = enc.encode([t2i_sample(), vqa_sample(), edit_sample()], with_answer=False)
+    boi = boi_token_id(bundle.processor)
+    chosen = generate_dual_answers(bundle.model, bundle.tokenizer, prompts, batch_size=4, max_new_tokens=4,
+                                   boi_id=boi, cfg_scale=2.0)
+    assert not any(isinstance(a, ImageOutput) for a in chosen)  # a random model does not emit <begin_of_image>
+    counted: list[int] = []
+    forced = generate_dual_answers(bundle.model, bundle.tokenizer, prompts, batch_size=4, max_new_tokens=4,
+                                   boi_id=boi, cfg_scale=2.0, image_prompts=[True, False, True], on_batch=counted.append)
+    assert isinstance(forced[0], ImageOutput) and isinstance(forced[2], ImageOutput)
+    assert forced[1] == chosen[1] and not isinstance(forced[1], ImageOutput)  # the text prompt: the same answer
+    assert sum(counted) == 3
+    # the forced image is the one generate_images_for gives after prompt + <begin_of_image>
+    from mmcl.eval.dual import generate_images_for
+
+    again = generate_images_for(bundle.model, [prompts[0], prompts[2]], bundle.tokenizer.pad_token_id, boi, 4,
+                                cfg_scale=2.0)
+    assert list(again[0].getdata()) == list(forced[0].image.getdata())
+    assert list(again[1].getdata()) == list(forced[2].image.getdata())
+
+
 def test_prompt_dropout_trains_the_unconditional_branch(bundle: types.SimpleNamespace) -> None:
     model = bundle.model
     enc = Encoder.for_bundle(bundle)
