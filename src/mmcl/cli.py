@@ -217,9 +217,34 @@ def pretrain(
     epochs: Annotated[float, typer.Option(callback=_positive_finite)] = 4.0,
     max_steps: Annotated[int | None, typer.Option(min=1, help="Stop after this many steps (for smoke tests).")] = None,
     vision_steps: Annotated[int, typer.Option(min=1, help="Vision warm-up steps (per-patch colour/shape/mark).")] = 800,
+    recipe: Annotated[str, typer.Option(
+        help="caption: the tiny-llava preset (captions only). generalist: the tiny-llava-generalist preset "
+             "(the caption base, then visual instruction tuning on generic scenes; docs/generalist-base.md).")] = "caption",
+    caption_base: Annotated[Path | None, typer.Option(
+        help="generalist: the caption-stage model to start from (default: the shipped tiny-llava preset; "
+             "built first when missing).")] = None,
+    instruct_samples: Annotated[int | None, typer.Option(min=1, help="generalist: instruction samples (default: the recipe's).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's).")] = None,
 ) -> None:
-    """Build and pre-train the tiny LLaVA base on generic synthetic captions."""
+    """Build and pre-train the tiny LLaVA base (``--recipe caption``) or the generalist one (``--recipe generalist``)."""
     from mmcl.models.loader import ASSETS_DIR
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if recipe == "generalist":
+        from mmcl.models.pretrain_generalist import GeneralistRecipe, pretrain_generalist
+
+        target = output or ASSETS_DIR / "tiny-llava-generalist"
+        r = GeneralistRecipe(seed=seed, max_steps=max_steps)
+        if instruct_samples is not None:
+            r.n_instruct = instruct_samples
+        pretrain_generalist(target, r, caption_base=caption_base, console=console)
+        out.print(str(target))
+        return
+    if recipe != "caption":
+        _fail(f"unknown recipe {recipe!r}; recipes: caption, generalist")
     from mmcl.models.pretrain import pretrain as do_pretrain
 
     target = output or ASSETS_DIR / "tiny-llava"

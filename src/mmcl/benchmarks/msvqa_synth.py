@@ -479,25 +479,45 @@ def marking_box(px: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
     return (x1 + w // 4, y1 + h // 4, x2 - 1 - w // 4, y2 - 1 - h // 4)
 
 
+CATEGORY_MARKINGS: dict[str, Colour] = {
+    c: MARKINGS[i] for spec in SCENARIO_SPECS.values() for i, c in enumerate(spec.categories)
+}
+"""Category -> its marking colour (category names are unique across scenarios)."""
+
+
 @dataclass(frozen=True)
 class SceneRenderer:
-    """Zero-argument callable that draws one scene; deterministic, cheap to keep, picklable."""
+    """Zero-argument callable that draws one scene; deterministic, cheap to keep, picklable.
+
+    ``background=None`` draws the scenario's rendering (its background, and for underwater the
+    tint and blur). A colour draws the CANONICAL rendering instead: the same glyphs and markings
+    on a plain background with no scenario effect (the generalist base's instruction data,
+    :mod:`mmcl.models.instruct_data`; ``scenario`` is then only a label). Objects whose category
+    has no marking (the generic shapes) are drawn without one.
+    """
 
     scenario: str
     image_size: int
     objects: tuple[SceneObject, ...]
     seed: int
+    background: Colour | None = None
 
     def __call__(self) -> Image.Image:
         rng = np.random.default_rng(self.seed)
         s = self.image_size
-        img = _BACKGROUNDS[self.scenario](rng, s)
+        if self.background is None:
+            img = _BACKGROUNDS[self.scenario](rng, s)
+        else:
+            img = Image.new("RGB", (s, s), self.background)
         draw = ImageDraw.Draw(img)
         unit = s // UNITS
         for o in self.objects:
             px = (o.box[0] * unit, o.box[1] * unit, o.box[2] * unit, o.box[3] * unit)
             draw_glyph(draw, o.category, PALETTE[o.colour], px, transpose=o.transpose, flip=o.flip)
-            draw.rectangle(marking_box(px), fill=category_marking(self.scenario, o.category))
+            if o.category in CATEGORY_MARKINGS:
+                draw.rectangle(marking_box(px), fill=CATEGORY_MARKINGS[o.category])
+        if self.background is not None:
+            return img
         if self.scenario == "underwater":
             tint: Colour = (0, 95, 115)
             img = Image.blend(img, Image.new("RGB", img.size, tint), 0.18)

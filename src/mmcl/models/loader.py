@@ -57,8 +57,9 @@ def preset_dir(name: str) -> Path:
     )
 
 
-PRESETS = {"tiny-llava", "tiny-janus"}
-_BUILD_COMMAND = {"tiny-llava": "mmcl pretrain", "tiny-janus": "mmcl pretrain-janus"}
+PRESETS = {"tiny-llava", "tiny-llava-generalist", "tiny-janus"}
+_BUILD_COMMAND = {"tiny-llava": "mmcl pretrain", "tiny-llava-generalist": "mmcl pretrain --recipe generalist",
+                  "tiny-janus": "mmcl pretrain-janus"}
 
 
 def resolve_dtype(name: str) -> torch.dtype:

@@ -86,18 +86,24 @@ def pretrain_vision(
     batch_size: int = 64,
     lr: float = 2e-3,
     seed: int = 0,
+    shapes: tuple[str, ...] | None = None,
 ) -> dict[str, float]:
-    """Vision warm-up (step 3 of the recipe); returns the final loss and patch accuracy."""
+    """Vision warm-up (step 3 of the recipe); returns the final loss and patch accuracy.
+
+    ``shapes``: the object classes of ``samples`` (``meta["objects"][i]["shape"]``); default the
+    caption shapes.
+    """
     from mmcl.benchmarks.synth_draw import COLOUR_NAMES
     from mmcl.models.pretrain_data import MARK_NAMES, SHAPES
 
+    shapes = shapes or SHAPES
     colours = list(COLOUR_NAMES)
     tower = model.model.vision_tower
     vcfg = model.config.vision_config
     grid = vcfg.image_size // vcfg.patch_size
     pixels = processor.image_processor(images=[s.load_image() for s in samples], return_tensors="pt")["pixel_values"]
-    labels = torch.stack([_patch_labels(s, grid, colours, SHAPES) for s in samples])
-    ns = len(SHAPES) + 1
+    labels = torch.stack([_patch_labels(s, grid, colours, shapes) for s in samples])
+    ns = len(shapes) + 1
     head = torch.nn.Linear(vcfg.hidden_size, len(colours) + 1 + ns + len(MARK_NAMES) + 1)
     params = [*tower.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr)

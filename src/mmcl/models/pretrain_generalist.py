@@ -1,0 +1,222 @@
+"""``mmcl pretrain --recipe generalist``: the generalist tiny LLaVA (caption pre-training, then visual instruction tuning).
+
+Recipe (deterministic from ``seed``):
+
+1. caption pre-training: the ``caption`` recipe (:mod:`mmcl.models.pretrain`). Its output is the
+   shipped ``tiny-llava`` preset, so by default that directory is loaded instead of rebuilt
+   (``caption_base``); when it is missing the caption stage runs first;
+2. vision warm-up on the instruction pictures: the tower alone, with a throw-away linear head,
+   tells for every patch the colour and the category of the object covering it (21 classes:
+   the streams' 16 categories and 5 generic shapes, all drawn canonically);
+3. visual instruction tuning of ALL weights on the generic mix of
+   :mod:`mmcl.models.instruct_data` (the streams' five question forms about large objects on
+   plain backgrounds) plus a share of the caption and "Say <word>." samples, so that the base
+   still captions and writes the answer words;
+4. the card: held-out generic scores per question type, and zero-shot on the built-in streams
+   (``msvqa-synth``, 20 steps, per task, scenario and type; ``mllm-dcl-synth`` and
+   ``mllm-acl-synth`` per task), written to ``pretrain.json`` next to the weights.
+
+No stream picture is ever shown in steps 1-3; the streams' test sets are only read in step 4.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from rich.console import Console
+
+from mmcl.config import BenchmarkConfig, ModelConfig, RunConfig, TrainConfig
+from mmcl.data.sample import Benchmark, Task
+from mmcl.eval.evaluator import score_predictions
+from mmcl.eval.generate import generate_answers
+from mmcl.methods.base import RunContext
+from mmcl.models.loader import FAMILIES, ModelBundle, load_model
+from mmcl.train.encode import Encoder
+from mmcl.train.loop import train_on
+
+CARD_STREAMS: tuple[str, ...] = ("msvqa-synth", "mllm-dcl-synth", "mllm-acl-synth")
+
+
+@dataclass
+class GeneralistRecipe:
+    """The instruction stage's settings (the caption stage keeps the ``caption`` recipe's)."""
+
+    seed: int = 0
+    n_instruct: int = 24000  # instruction samples, the five question types in turn
+    n_captions: int = 2000  # caption samples kept in the mix
+    n_say: int = 1000  # "Say <word>." samples kept in the mix
+    epochs: float = 1.0
+    batch_size: int = 32
+    lr: float = 5e-4
+    vision_steps: int = 300
+    n_held_out: int = 500  # held-out generic instruction samples for the card (100 per type)
+    max_steps: int | None = None
+    card_test_per_task: int = 50
+    card_streams: tuple[str, ...] = field(default_factory=lambda: CARD_STREAMS)
+
+
+def _score(task: Task) -> str:
+    return task.primary_scorer
+
+
+def evaluate_tasks(bundle: ModelBundle, tasks: list[Task], batch_size: int = 64) -> dict[str, dict[str, Any]]:
+    """Greedy answers on every task's test set; {task: {scorer: mean}} (primary scorer first)."""
+    encoder = Encoder(bundle.processor)
+    out: dict[str, dict[str, Any]] = {}
+    for t in tasks:
+        preds = generate_answers(bundle.model, bundle.tokenizer, encoder.encode(t.test, with_answer=False),
+                                 batch_size, t.max_new_tokens)
+        scores, rows = score_predictions(t, preds)
+        out[t.name] = {"primary": t.primary_scorer, "score": 100 * scores[t.primary_scorer],
+                       "scores": scores, "examples": rows[:2]}
+    return out
+
+
+def held_out_tasks(seed: int, n: int, image_size: int) -> list[Task]:
+    """The card's generic held-out tasks, one per question type, scored like msvqa-synth's."""
+    from mmcl.benchmarks.msvqa_synth import (
+        GROUNDING_MAX_NEW_TOKENS,
+        GROUNDING_SCORERS,
+        QA_MAX_NEW_TOKENS,
+        QA_SCORERS,
+        QTYPES,
+    )
+    from mmcl.models.instruct_data import INSTRUCT_TASK, instruct_samples
+
+    test = instruct_samples(n, seed, split="test", image_size=image_size)
+    tasks = []
+    for q in QTYPES:
+        g = q == "grounding"
+        tasks.append(Task(f"{INSTRUCT_TASK}.{q}", [], [s for s in test if s.meta["qtype"] == q],
+                          scorers=list(GROUNDING_SCORERS) if g else list(QA_SCORERS),
+                          max_new_tokens=GROUNDING_MAX_NEW_TOKENS if g else QA_MAX_NEW_TOKENS))
+    return tasks
+
+
+def stream_zero_shot(bundle: ModelBundle, name: str, test_per_task: int) -> dict[str, Any]:
+    """Zero-shot of ``bundle`` on the built-in stream ``name``: per task, and means (x100)."""
+    from mmcl.benchmarks.builtin import build_benchmark
+
+    cfg = RunConfig(benchmark=BenchmarkConfig(name=name, test_per_task=test_per_task, train_per_task=1))
+    bench: Benchmark = build_benchmark(cfg)
+    per_task = evaluate_tasks(bundle, bench.tasks)
+    scores = {k: round(v["score"], 1) for k, v in per_task.items()}
+    card: dict[str, Any] = {"per_task": scores, "all_tasks": round(sum(scores.values()) / len(scores), 1)}
+    if name == "msvqa-synth":
+        for axis, pos in (("per_scenario", 0), ("per_type", 1)):
+            groups: dict[str, list[float]] = {}
+            for k, v in scores.items():
+                groups.setdefault(k.split(".")[pos], []).append(v)
+            card[axis] = {g: round(sum(v) / len(v), 1) for g, v in groups.items()}
+    return card
+
+
+def write_card(out: Path, bundle: ModelBundle, recipe: GeneralistRecipe, record: dict[str, Any],
+               console: Console) -> dict[str, Any]:
+    """Held-out generic scores and zero-shot on the built-in streams, added to ``record``."""
+    size = bundle.model.config.vision_config.image_size
+    held = evaluate_tasks(bundle, held_out_tasks(recipe.seed + 10_000, recipe.n_held_out, size))
+    record["held_out_generic"] = {k.split(".", 1)[1]: round(v["score"], 1) for k, v in held.items()}
+    record["held_out_generic"]["all_types"] = round(
+        sum(v["score"] for v in held.values()) / len(held), 1)
+    record["held_out_examples"] = [ex for v in held.values() for ex in v["examples"][:1]]
+    console.print(f"held-out generic: {record['held_out_generic']}")
+    record["zero_shot"] = {}
+    for name in recipe.card_streams:
+        record["zero_shot"][name] = stream_zero_shot(bundle, name, recipe.card_test_per_task)
+        console.print(f"zero-shot {name}: {record['zero_shot'][name]}")
+    return record
+
+
+def pretrain_generalist(
+    output: str | Path,
+    recipe: GeneralistRecipe | None = None,
+    caption_base: str | Path | None = None,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Build the generalist base into ``output``; returns what ``pretrain.json`` records."""
+    from mmcl.benchmarks.msvqa_synth import answer_vocabulary
+    from mmcl.models.instruct_data import ALL_CATEGORIES, instruct_samples
+    from mmcl.models.pretrain import _FullFinetune, pretrain, pretrain_vision
+    from mmcl.models.pretrain_data import caption_samples, say_samples
+
+    console = console or Console(stderr=True)
+    recipe = recipe or GeneralistRecipe()
+    out = Path(output)
+    t0 = time.perf_counter()
+    if caption_base is None:
+        from mmcl.models.loader import ASSETS_DIR
+
+        caption_base = ASSETS_DIR / "tiny-llava"
+    caption_base = Path(caption_base)
+    if not (caption_base / "config.json").is_file():
+        console.print(f"no caption base at {caption_base}: running the caption stage first")
+        pretrain(caption_base, seed=recipe.seed, console=console)
+    caption_record = json.loads((caption_base / "pretrain.json").read_text())
+    torch.manual_seed(recipe.seed)
+    bundle = load_model(ModelConfig(preset=None, path=str(caption_base), dtype="float32"))
+    model, processor = bundle.model, bundle.processor
+    size = model.config.vision_config.image_size
+    n_params = sum(p.numel() for p in model.parameters())
+    console.print(f"caption base {caption_base}: {n_params:,} parameters")
+
+    train = instruct_samples(recipe.n_instruct, recipe.seed, "train", size)
+    console.print(f"vision warm-up: {recipe.vision_steps} steps on the instruction pictures")
+    vision = pretrain_vision(model, processor, train[: min(len(train), 8000)], recipe.vision_steps,
+                             lr=1e-3, seed=recipe.seed, shapes=ALL_CATEGORIES)
+    console.print(f"vision warm-up done: {vision}")
+    mix = train + caption_samples(recipe.n_captions, seed=recipe.seed + 20_000, image_size=size)
+    mix += say_samples(answer_vocabulary(recipe.seed), recipe.n_say, seed=recipe.seed + 20_000)
+    tcfg = TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, warmup_ratio=0.03,
+                       max_steps=recipe.max_steps)
+    cfg = RunConfig(train=tcfg)
+    tbundle = ModelBundle(model=model, processor=processor, family=FAMILIES["llava"], source="pretrain")
+    task = Task("generalist", train, [], scorers=["exact_match"])
+    method = _FullFinetune(RunContext(cfg, tbundle, Benchmark("generalist", [task])), _FullFinetune.Options())
+    for p in model.parameters():
+        p.requires_grad_(True)
+    encoded = Encoder(processor).encode(mix, with_answer=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    last = [time.perf_counter()]
+
+    def on_step(step: int, loss: float) -> None:
+        if time.perf_counter() - last[0] > 30:
+            console.print(f"  step {step}: loss {loss:.4f} ({time.perf_counter() - t0:.0f} s)")
+            last[0] = time.perf_counter()
+
+    stats = train_on(method, encoded, tcfg, accelerator, 0, recipe.seed, processor.tokenizer.pad_token_id, on_step)
+    model = method.model
+    model.eval()
+    seconds = round(time.perf_counter() - t0, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    record: dict[str, Any] = {
+        "recipe": "generalist: caption pre-training, then visual instruction tuning",
+        "caption_stage": {"from": str(caption_base), "recipe": caption_record.get("recipe"),
+                          "seconds": caption_record.get("seconds")},
+        "instruction_stage": {**asdict(recipe), "card_streams": list(recipe.card_streams),
+                              "mix": {"instruct": len(train), "captions": recipe.n_captions, "say": recipe.n_say}},
+        "params": n_params,
+        "vocab_size": len(processor.tokenizer),
+        "size": caption_record.get("recipe", {}).get("size"),
+        "vision_warmup": vision,
+        "train_steps": stats.steps,
+        "final_loss": stats.final_loss,
+        "instruction_seconds": seconds,
+        "total_seconds": round(seconds + float(caption_record.get("seconds") or 0), 1),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    console.print(f"instruction stage: {stats.steps} steps in {seconds} s; final loss {stats.final_loss:.4f}")
+    record = write_card(out, ModelBundle(model, processor, FAMILIES["llava"], "pretrain"), recipe, record, console)
+    record["card_seconds"] = round(time.perf_counter() - t0 - seconds, 1)
+    (out / "pretrain.json").write_text(json.dumps(record, indent=2) + "\n")
+    console.print(f"saved to {out}")
+    return record
