@@ -83,3 +83,20 @@ def test_generalist_preset_loads_with_its_card() -> None:
     card = json.loads((preset_dir("tiny-llava-generalist") / "pretrain.json").read_text())
     assert set(card["held_out_generic"]) >= set(QTYPES)
     assert set(card["zero_shot"]["msvqa-synth"]["per_type"]) == set(QTYPES)
+
+
+@pytest.mark.slow
+def test_generalist_recipe_end_to_end_writes_its_card(tiny_llava_dir, tmp_path) -> None:  # noqa: ANN001
+    """``pretrain_generalist`` on a small caption base: trains, saves a loadable model and the card."""
+    from mmcl.models.loader import load_model
+    from mmcl.models.pretrain_generalist import GeneralistRecipe, pretrain_generalist
+
+    recipe = GeneralistRecipe(n_instruct=60, n_captions=8, n_say=4, vision_steps=30, max_steps=3, n_held_out=10,
+                              card_test_per_task=2, card_streams=("msvqa-synth",))
+    record = pretrain_generalist(tmp_path / "g", recipe, caption_base=tiny_llava_dir)
+    assert record["train_steps"] == 3
+    card = json.loads((tmp_path / "g" / "pretrain.json").read_text())
+    assert set(card["held_out_generic"]) == {*QTYPES, "all_types"}
+    assert len(card["zero_shot"]["msvqa-synth"]["per_task"]) == 20
+    assert set(card["zero_shot"]["msvqa-synth"]["per_scenario"]) == set(SCENARIO_SPECS)
+    load_model(ModelConfig(preset=None, path=str(tmp_path / "g")))

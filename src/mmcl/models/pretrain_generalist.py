@@ -61,8 +61,11 @@ class GeneralistRecipe:
     card_streams: tuple[str, ...] = field(default_factory=lambda: CARD_STREAMS)
 
 
-def _score(task: Task) -> str:
-    return task.primary_scorer
+def _where(path: Path) -> str:
+    """``preset:<name>`` for a shipped preset directory, else the path."""
+    from mmcl.models.loader import ASSETS_DIR
+
+    return f"preset:{path.name}" if path.resolve().parent == ASSETS_DIR.resolve() else str(path)
 
 
 def evaluate_tasks(bundle: ModelBundle, tasks: list[Task], batch_size: int = 64) -> dict[str, dict[str, Any]]:
@@ -158,7 +161,8 @@ def pretrain_generalist(
     if not (caption_base / "config.json").is_file():
         console.print(f"no caption base at {caption_base}: running the caption stage first")
         pretrain(caption_base, seed=recipe.seed, console=console)
-    caption_record = json.loads((caption_base / "pretrain.json").read_text())
+    card = caption_base / "pretrain.json"
+    caption_record = json.loads(card.read_text()) if card.is_file() else {}
     torch.manual_seed(recipe.seed)
     bundle = load_model(ModelConfig(preset=None, path=str(caption_base), dtype="float32"))
     model, processor = bundle.model, bundle.processor
@@ -199,7 +203,7 @@ def pretrain_generalist(
     processor.save_pretrained(out)
     record: dict[str, Any] = {
         "recipe": "generalist: caption pre-training, then visual instruction tuning",
-        "caption_stage": {"from": str(caption_base), "recipe": caption_record.get("recipe"),
+        "caption_stage": {"from": _where(caption_base), "recipe": caption_record.get("recipe"),
                           "seconds": caption_record.get("seconds")},
         "instruction_stage": {**asdict(recipe), "card_streams": list(recipe.card_streams),
                               "mix": {"instruct": len(train), "captions": recipe.n_captions, "say": recipe.n_say}},
