@@ -44,7 +44,6 @@ def test_canonical_rendering_is_a_plain_background_with_the_stream_glyphs() -> N
     assert not np.array_equal(plain, scene)  # the scenario rendering (water, tint, blur) is another picture
 
 
-@pytest.mark.slow
 def test_instruction_data_never_shows_a_stream_scene_or_test_item() -> None:
     """Scene parameters and pixels: canonical backgrounds only, large objects, no stream test image."""
     from mmcl.benchmarks.builtin import build_benchmark
