@@ -50,3 +50,22 @@ def test_include_and_later_files_override(tmp_path: Path) -> None:
 def test_every_shipped_config_validates() -> None:
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         load_config([path])
+
+
+def test_shipped_configs_are_found_by_name_from_any_folder(tmp_path, monkeypatch):
+    """An installed wheel has no configs/ folder beside the user: `configs/quick.yaml`, `quick.yaml` and
+    `quick` name the shipped file; a file in the current folder wins; an unknown name lists the shipped ones."""
+    from mmcl.config import find_config, packaged_configs
+
+    monkeypatch.chdir(tmp_path)
+    shipped = packaged_configs() / "quick.yaml"
+    assert shipped.is_file()
+    for name in ("configs/quick.yaml", "quick.yaml", "quick"):
+        assert find_config(name) == shipped
+    assert load_config(["configs/quick.yaml"]).benchmark.tasks == load_config([shipped]).benchmark.tasks
+    assert find_config("configs/accelerate/ddp-cpu.yaml").is_file()
+    (tmp_path / "quick.yaml").write_text("seed: 3\n")
+    assert find_config("quick.yaml") == Path("quick.yaml") and load_config(["quick.yaml"]).seed == 3
+    with pytest.raises(ConfigError, match=r"config file not found: nope\.yaml \(shipped configs, usable by name "
+                                          r"from any folder: .*\bquick\b"):
+        load_config(["nope.yaml"])

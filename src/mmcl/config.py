@@ -517,7 +517,11 @@ def validate_config(data: dict[str, Any], source: str = "config", locate: Locato
 def read_config_text(path: Path) -> str:
     """A config file's text, which must be UTF-8; ConfigError naming the file (and the byte) otherwise."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
+        if path.is_dir():
+            raise ConfigError(f"config file not found: {path} (it is a directory)")
+        shipped = sorted(p.stem for p in packaged_configs().glob("*.yaml"))
+        raise ConfigError(f"config file not found: {path} (shipped configs, usable by name from any folder: "
+                          f"{', '.join(shipped)})")
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -561,6 +565,28 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def packaged_configs() -> Path:
+    """The folder of the configs shipped inside the package (the repository's ``configs/``)."""
+    return Path(__file__).resolve().parent / "configs"
+
+
+def find_config(path: str | Path) -> Path:
+    """``path`` if it exists; else the shipped config it names (``quick``, ``quick.yaml`` or
+    ``configs/quick.yaml``), so that an installed wheel runs ``mmcl run configs/quick.yaml`` from any
+    folder. A name found nowhere is returned as given: reading it then says it is missing."""
+    given = Path(path)
+    if given.exists() or given.is_absolute():
+        return given
+    parts = given.parts[1:] if given.parts[:1] == ("configs",) else given.parts
+    if not parts:
+        return given
+    shipped = packaged_configs().joinpath(*parts)
+    for candidate in (shipped, shipped.with_name(shipped.name + ".yaml")):
+        if candidate.is_file():
+            return candidate
+    return given
+
+
 def load_config(paths: list[str | Path] | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load YAML file(s) (later ones override earlier ones), apply ``key=value`` overrides, validate.
 
@@ -568,12 +594,13 @@ def load_config(paths: list[str | Path] | None = None, overrides: list[str] | No
     """
     data: dict[str, Any] = {}
     sources = []
-    for p in paths or []:
-        data = merge(data, _load_with_includes(Path(p)))
+    files = [find_config(p) for p in paths or []]
+    for p in files:
+        data = merge(data, _load_with_includes(p))
         sources.append(str(p))
     for ov in overrides or []:
         apply_override(data, ov)
-    locate = _locator([Path(p) for p in paths or []], list(overrides or []))
+    locate = _locator(files, list(overrides or []))
     return validate_config(data, source=" + ".join(sources) or "config", locate=locate)
 
 
