@@ -287,6 +287,23 @@ def _near(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
     return not (a[2] + 1 <= b[0] or b[2] + 1 <= a[0] or a[3] + 1 <= b[1] or b[3] + 1 <= a[1])
 
 
+def question_text(qtype: str, category: str, n: int = 1) -> str:
+    """The stream's question of type ``qtype`` about ``category`` (``n``: how many objects the attribute
+    question speaks of). The one source of the templates: the generalist base's instruction data asks
+    the same questions about canonical pictures (``mmcl.models.instruct_data``)."""
+    if qtype == "counting":
+        return f"How many {plural(category)} are in the image?"
+    if qtype == "category":
+        return "What kind of object is in the image?"
+    if qtype == "attribute":
+        return f"What colour {'is' if n == 1 else 'are'} the {category if n == 1 else plural(category)}?"
+    if qtype == "existence":
+        return f"Is there {article(category)} {category} in the image?"
+    if qtype == "grounding":
+        return f"Where is the {category}? Answer with a box."
+    raise ValueError(f"unknown question type {qtype!r}")
+
+
 def _pick(rng: np.random.Generator, items: list[str] | tuple[str, ...]) -> str:
     return items[int(rng.integers(len(items)))]
 
@@ -309,27 +326,24 @@ def _scene(
         shown = category
         if qtype == "counting":
             n = int(rng.integers(1, spec.max_count + 1))
-            question, answer = f"How many {plural(category)} are in the image?", str(n)
+            answer = str(n)
         elif qtype == "category":
             n = int(rng.integers(1, few + 1))
-            question, answer = "What kind of object is in the image?", category
+            answer = category
         elif qtype == "attribute":
             n = int(rng.integers(1, few + 1))
-            colour = _pick(rng, COLOUR_NAMES)
-            name = category if n == 1 else plural(category)
-            question, answer = f"What colour {'is' if n == 1 else 'are'} the {name}?", colour
+            colour = answer = _pick(rng, COLOUR_NAMES)
         elif qtype == "existence":
             n = int(rng.integers(1, few + 1))
             if not exists:
                 shown = _pick(rng, [c for c in cats if c != category])
                 n = 0 if empty else n
-            question = f"Is there {article(category)} {category} in the image?"
             answer = "yes" if exists else "no"
         elif qtype == "grounding":
-            n = 1
-            question, answer = f"Where is the {category}? Answer with a box.", ""
+            n, answer = 1, ""
         else:
             raise ValueError(f"unknown question type {qtype!r}")
+        question = question_text(qtype, category, n)
         wanted = [(shown, colour or _pick(rng, COLOUR_NAMES)) for _ in range(n)]
         objects = _place(rng, spec, wanted)
         if objects is None:

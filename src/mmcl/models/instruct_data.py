@@ -37,8 +37,7 @@ from mmcl.benchmarks.msvqa_synth import (
     UNITS,
     SceneObject,
     SceneRenderer,
-    article,
-    plural,
+    question_text,
 )
 from mmcl.benchmarks.synth_draw import COLOUR_NAMES, Colour, format_box
 from mmcl.data.sample import Sample
@@ -127,28 +126,25 @@ def instruct_scene(rng: np.random.Generator, qtype: str) -> InstructScene:
         shown, colour = category, None
         if qtype == "counting":
             n = int(rng.integers(1, 7))
-            question, answer = f"How many {plural(category)} are in the image?", str(n)
+            answer = str(n)
         elif qtype == "category":
             n = int(rng.integers(1, 4))
-            question, answer = "What kind of object is in the image?", category
+            answer = category
         elif qtype == "attribute":
             n = int(rng.integers(1, 4))
-            colour = COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
-            name = category if n == 1 else plural(category)
-            question, answer = f"What colour {'is' if n == 1 else 'are'} the {name}?", colour
+            colour = answer = COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]
         elif qtype == "existence":
             n = int(rng.integers(1, 4))
             exists = bool(rng.integers(2))
             if not exists:
                 shown = [c for c in cats if c != category][int(rng.integers(len(cats) - 1))]
                 n = 0 if rng.integers(2) else n
-            question = f"Is there {article(category)} {category} in the image?"
             answer = "yes" if exists else "no"
         elif qtype == "grounding":
-            n = 1
-            question, answer = f"Where is the {category}? Answer with a box.", ""
+            n, answer = 1, ""
         else:
             raise ValueError(f"unknown question type {qtype!r}; types: {QTYPES}")
+        question = question_text(qtype, category, n)  # the streams' own templates
         wanted = [(shown, colour or COLOUR_NAMES[int(rng.integers(len(COLOUR_NAMES)))]) for _ in range(n)]
         objects = _place(rng, wanted, grounding=qtype == "grounding")
         if objects is None:
