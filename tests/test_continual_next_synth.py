@@ -20,12 +20,12 @@ from mmcl.benchmarks.continual_next_synth import (
     build,
     task_modalities_pair,
 )
-from mmcl.benchmarks.synth_draw import PALETTE, parse_boxes
 from mmcl.config import BenchmarkConfig, ConfigError
 from mmcl.data.sample import Benchmark
 from mmcl.eval.continual_next import PRESENT_META_KEY, Expectation
 from mmcl.models.tiny_janus import ATTRIBUTES, BACKGROUND_COLOURS, POSITION_NAMES, Scene, draw_scene
 from mmcl.report.cross_modal import _normalize_pair
+from mmcl.synth.draw import PALETTE, parse_boxes
 
 ORDER = ["vqa", "classification", "t2i", "ocr-vqa", "grounding", "editing"]
 TRAIN, TEST = 72, 24

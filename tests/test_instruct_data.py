@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from mmcl.benchmarks.msvqa_synth import QTYPES, SCENARIO_SPECS, UNITS, SceneObject, SceneRenderer
-from mmcl.benchmarks.synth_draw import parse_boxes
 from mmcl.config import BenchmarkConfig, ModelConfig, RunConfig
 from mmcl.models.instruct_data import ALL_CATEGORIES, PLAIN_BACKGROUNDS, instruct_samples
+from mmcl.synth.draw import parse_boxes
 
 
 def _hash(img) -> str:  # noqa: ANN001

@@ -17,9 +17,9 @@ from mmcl.benchmarks.mllm_cl_synth import (
     build_dcl,
     make_task,
 )
-from mmcl.benchmarks.synth_draw import COLOUR_NAMES, parse_boxes
 from mmcl.config import BenchmarkConfig, ConfigError
 from mmcl.models.pretrain_data import MARK_NAMES, SHAPES
+from mmcl.synth.draw import COLOUR_NAMES, parse_boxes
 
 DCL_TASKS = ["RS", "Med", "AD", "Sci", "Fin"]
 ACL_TASKS = ["OCR", "Math", "VP", "GUI"]

@@ -26,7 +26,9 @@ from mmcl.benchmarks.msvqa_synth import (
     marking_box,
     tokenizer_corpus,
 )
-from mmcl.benchmarks.synth_draw import (
+from mmcl.config import BenchmarkConfig
+from mmcl.models.pretrain_data import MARK_NAMES, SHAPES, caption_samples, say_samples
+from mmcl.synth.draw import (
     COLOUR_NAMES,
     GLYPHS,
     PALETTE,
@@ -36,8 +38,6 @@ from mmcl.benchmarks.synth_draw import (
     format_boxes,
     parse_boxes,
 )
-from mmcl.config import BenchmarkConfig
-from mmcl.models.pretrain_data import MARK_NAMES, SHAPES, caption_samples, say_samples
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 ALL_TASKS = [f"{s}.{q}" for s in SCENARIOS for q in QTYPES]

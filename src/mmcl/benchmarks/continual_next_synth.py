@@ -22,7 +22,7 @@ value from a shuffled cycle over the type's values):
 - ``ocr-vqa`` (image+text -> text): a word of :data:`OCR_WORDS` written large in a dark ink on
   a light plain background; "What is written in the image?" -> the word.
 - ``grounding`` (image+text -> text): two objects of different shapes and colours; "Give the
-  box of the red circle." -> ``[x1, y1, x2, y2]`` (``synth_draw.format_box``, normalised to the
+  box of the red circle." -> ``[x1, y1, x2, y2]`` (``mmcl.synth.draw.format_box``, normalised to the
   image, right/bottom exclusive), the tight box of the object's drawn pixels. Balanced over the
   target's position.
 - ``editing`` (image+text -> image): a one-object source scene and an instruction, ``colour``
@@ -65,9 +65,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmcl.benchmarks import BENCHMARKS
 from mmcl.benchmarks.stream import apply_stream_options, parse_options
-from mmcl.benchmarks.synth_draw import format_box
 from mmcl.config import BenchmarkConfig, ConfigError
 from mmcl.data.sample import Benchmark, Sample, Task
+from mmcl.synth.draw import format_box
 
 NAME = "continual-next-synth"
 TASK_NAMES: tuple[str, ...] = ("vqa", "classification", "t2i", "ocr-vqa", "grounding", "editing")

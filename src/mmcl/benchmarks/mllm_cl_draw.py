@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 
-from mmcl.benchmarks.synth_draw import PALETTE, Colour, draw_glyph, shade
+from mmcl.synth.draw import PALETTE, Colour, draw_glyph, shade
 
 Params = dict[str, Any]
 Drawer = Callable[[np.random.Generator, int, Params], Image.Image]

@@ -5,7 +5,7 @@ objects, asked every question form the built-in streams ask. Here:
 
 - objects: the 16 categories of ``msvqa-synth`` (airplane ... cup) and five generic shapes
   (circle, square, triangle, diamond, ring), drawn with the shared glyphs and markings of
-  :mod:`mmcl.benchmarks.synth_draw` / :mod:`mmcl.benchmarks.msvqa_synth`, **large** (a single
+  :mod:`mmcl.synth.draw` / :mod:`mmcl.benchmarks.msvqa_synth`, **large** (a single
   object's long side is 7-11 of 16 box units, against 2-7 in the streams), upright (never the
   nadir view's rotation), on a **plain** background (:class:`~mmcl.benchmarks.msvqa_synth.SceneRenderer`
   in its canonical mode: no field, water, street or room, no tint, no blur);
@@ -39,8 +39,8 @@ from mmcl.benchmarks.msvqa_synth import (
     SceneRenderer,
     question_text,
 )
-from mmcl.benchmarks.synth_draw import COLOUR_NAMES, Colour, format_box
 from mmcl.data.sample import Sample
+from mmcl.synth.draw import COLOUR_NAMES, Colour, format_box
 
 INSTRUCT_TASK = "generalist"
 GENERIC_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "ring")

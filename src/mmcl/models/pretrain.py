@@ -93,8 +93,8 @@ def pretrain_vision(
     ``shapes``: the object classes of ``samples`` (``meta["objects"][i]["shape"]``); default the
     caption shapes.
     """
-    from mmcl.benchmarks.synth_draw import COLOUR_NAMES
     from mmcl.models.pretrain_data import MARK_NAMES, SHAPES
+    from mmcl.synth.draw import COLOUR_NAMES
 
     shapes = shapes or SHAPES
     colours = list(COLOUR_NAMES)

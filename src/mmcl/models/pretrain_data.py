@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmcl.benchmarks.synth_draw import COLOUR_NAMES, PALETTE, Colour, draw_glyph
 from mmcl.data.sample import Sample
+from mmcl.synth.draw import COLOUR_NAMES, PALETTE, Colour, draw_glyph
 
 CAPTION_INSTRUCTION = "Describe the image."
 CAPTION_TASK = "pretrain.caption"

@@ -107,9 +107,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from mmcl.benchmarks.synth_draw import COLOUR_NAMES, PALETTE, draw_glyph
 from mmcl.models.chat import JANUS_CHAT_TEMPLATE
 from mmcl.models.pretrain_data import REGIONS, SHAPES
+from mmcl.synth.draw import COLOUR_NAMES, PALETTE, draw_glyph
 
 # ---------------------------------------------------------------- synthetic scenes
 
