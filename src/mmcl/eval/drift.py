@@ -1,0 +1,122 @@
+"""Visual drift: linear probes fitted once on the base model's image features (docs/metrics.md#drift).
+
+Before the first stage, for every task whose samples name the objects they show, the image features
+the language model receives (``get_image_features``: vision tower then projector, mean over the
+image tokens) of the task's training images are computed with the untouched base model, and one
+linear probe per task is fitted to tell the images' main category apart (ridge regression on
+one-hot targets over standardised features: closed form, deterministic, no learning rate to tune).
+After each stage the same probe reads the *current* features of the task's test images; its
+accuracy is the drift track's cell. A model whose vision side does not change keeps the base
+figure in every row; one whose vision features drift away from what the base separated loses it.
+
+The probe is fitted once and never again, so it measures whether the current features still
+separate the categories *the way the base did*, not whether some probe could be refitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mmcl.data.sample import Sample
+from mmcl.train.feature_cache import inner_model
+
+DRIFT_TRACK = "drift_probe"
+RIDGE = 1e-2  # relative to the mean diagonal of X^T X; small, only keeps the solve well posed
+
+
+def probe_label(sample: Sample) -> str | None:
+    """The category of the largest object a sample's image shows (``meta["objects"]``), or None.
+
+    Empty scenes and samples that do not list their objects have no label and are left out.
+    """
+    objects = sample.meta.get("objects") if sample.meta else None
+    if not objects:
+        return None
+
+    def area(o: dict) -> float:
+        x1, y1, x2, y2 = o["box"]
+        return (x2 - x1) * (y2 - y1)
+
+    return str(max(objects, key=area)["category"])
+
+
+@dataclass
+class LinearProbe:
+    """A ridge one-vs-rest classifier over standardised features, fitted on base features."""
+
+    mean: torch.Tensor  # [D]
+    std: torch.Tensor  # [D]
+    weight: torch.Tensor  # [D + 1, C] (last row: bias)
+    classes: list[str]
+
+    @classmethod
+    def fit(cls, features: torch.Tensor, labels: Sequence[str], ridge: float = RIDGE) -> LinearProbe:
+        if features.shape[0] != len(labels) or not labels:
+            raise ValueError(f"a probe needs one label per feature row ({features.shape[0]} rows, {len(labels)} labels)")
+        classes = sorted(set(labels))
+        x = features.double()
+        mean, std = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-8)
+        z = torch.cat([(x - mean) / std, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+        y = torch.zeros(len(x), len(classes), dtype=x.dtype)
+        y[torch.arange(len(x)), torch.tensor([classes.index(c) for c in labels])] = 1.0
+        gram = z.T @ z
+        lam = ridge * gram.diagonal().mean()
+        w = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=x.dtype), z.T @ y)
+        return cls(mean, std, w, classes)
+
+    def predict(self, features: torch.Tensor) -> list[str]:
+        x = features.double()
+        z = torch.cat([(x - self.mean) / self.std, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+        return [self.classes[i] for i in (z @ self.weight).argmax(1).tolist()]
+
+    def accuracy(self, features: torch.Tensor, labels: Sequence[str]) -> float:
+        if not labels:
+            return float("nan")
+        hits = sum(p == t for p, t in zip(self.predict(features), labels, strict=True))
+        return 100.0 * hits / len(labels)
+
+
+def labelled(samples: Sequence[Sample]) -> tuple[list[Sample], list[str]]:
+    """The samples that have a probe label, and their labels (same order)."""
+    keep = [(s, lab) for s in samples if (lab := probe_label(s)) is not None]
+    return [s for s, _ in keep], [lab for _, lab in keep]
+
+
+def can_probe(samples: Sequence[Sample]) -> bool:
+    """Whether a task's samples give a probe at least two categories to separate."""
+    return len(set(labelled(samples)[1])) >= 2
+
+
+def supports_drift(model: Any) -> bool:
+    """Whether the model exposes the image features a probe reads (LLaVA-style ``get_image_features``)."""
+    return inner_model(model) is not None
+
+
+@torch.no_grad()
+def image_features(model: Any, processor: Any, samples: Sequence[Sample], batch_size: int = 32) -> torch.Tensor:
+    """``[N, hidden]``: per sample, the mean over image tokens of what the language model receives.
+
+    Read through ``get_image_features`` with whatever adapters and vision branches are active now
+    (no per-sample routing), in eval mode, as float32 on the CPU.
+    """
+    inner = inner_model(model)
+    if inner is None:
+        raise ValueError("the drift probe needs a model with get_image_features (LLaVA-style)")
+    was_training = inner.training
+    inner.eval()
+    device = next(inner.parameters()).device
+    rows: list[torch.Tensor] = []
+    try:
+        for i in range(0, len(samples), batch_size):
+            images = [s.load_image() for s in samples[i:i + batch_size]]
+            pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+            out = inner.get_image_features(pixel_values=pixels.to(device, next(inner.parameters()).dtype))
+            per_image = out.pooler_output if hasattr(out, "pooler_output") else out
+            rows += [f.float().mean(0).cpu() for f in per_image]
+    finally:
+        inner.train(was_training)
+    return torch.stack(rows) if rows else torch.zeros(0, 0)
