@@ -74,9 +74,11 @@ def _assert_same_run(ref: Path, resumed: Path) -> None:
 
 
 # ewc: a method state (Fisher, anchors) through the checkpoint; mr-lora: adapters re-created on
-# load, a second training pass per stage, extra matrix tracks reloaded from the saved cells.
-# (lora-ft is the plain case both cover; mage's state round trip is in test_method_mage.py.)
-@pytest.mark.parametrize("method", ["ewc", "mr-lora"])
+# load, a second training pass per stage, extra matrix tracks reloaded from the saved cells;
+# lora-ft: the plain case; mage: experts, gates and the PEMA average through the checkpoint
+# (the last two run in CI's full suite, not in the `-m "not slow"` inner loop).
+@pytest.mark.parametrize("method", ["ewc", "mr-lora", pytest.param("lora-ft", marks=pytest.mark.slow),
+                                    pytest.param("mage", marks=pytest.mark.slow)])
 def test_killed_twice_then_resumed_equals_uninterrupted(
     method: str, tiny_llava_dir: Path, tmp_path: Path
 ) -> None:
