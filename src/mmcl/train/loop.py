@@ -1,5 +1,8 @@
 """The one training loop. Methods change it only through their hooks (see methods/base.py).
 
+It is a loss function and a batch source (a seeded DataLoader, epoch after epoch) handed to the
+optimisation primitive :func:`mmcl.train.steps.fit`, which the pre-training recipes use too.
+
 Under several processes (``accelerate launch`` / ``torchrun``: DDP) ``accelerator.prepare`` shards
 the DataLoader: ``train.batch_size`` is the batch of *one* process, so an update sees
 ``batch_size * num_processes * grad_accum`` samples and :func:`num_update_steps` divides by the
@@ -24,13 +27,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import synchronize_rng_states
 from torch.utils.data import DataLoader
-from transformers import get_scheduler
 
 from mmcl.config import TrainConfig
 from mmcl.methods.base import Method
 from mmcl.train.compile import compiled
 from mmcl.train.dual import forward_batch
 from mmcl.train.encode import Encoded, collate_train
+from mmcl.train.steps import Optim, Updates, epochs, fit, warmup_schedule
 
 
 @dataclass
@@ -93,53 +96,50 @@ def train_on(
         collate_fn=lambda b: collate_train(b, pad_id),
         drop_last=False,
     )
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(
-        cfg.scheduler,
-        optimizer,
-        num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
+    # the optimizer side (mmcl.train.steps): AdamW, the transformers schedule, clipping, zero_grad after the step
+    updates = Updates(
+        params,
+        Optim("adamw", lr=cfg.lr, kwargs={"weight_decay": cfg.weight_decay}),
+        warmup_schedule(cfg.scheduler, int(cfg.warmup_ratio * total_steps), total_steps),
+        max_grad_norm=cfg.max_grad_norm,
+        accelerator=accelerator,
     )
     # Accumulate cfg.grad_accum batches per update; the counter restarts with every stage so that a
     # stage's result depends only on (seed, stage), which a resumed run relies on.
     accelerator.gradient_accumulation_steps = cfg.grad_accum
     accelerator.step = 0
-    # the scheduler is stepped here once per update, not by accelerate (see the module docstring)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    # the scheduler is stepped by fit once per update, not by accelerate (see the module docstring)
+    model, updates.optimizer, loader = accelerator.prepare(model, updates.optimizer, loader)
     world = accelerator.num_processes
     if world > 1 and accelerator.process_index > 0:
         torch.manual_seed((seed * 1000 + stage) * 1009 + accelerator.process_index)
     model.train()
     forward_model = compiled(model) if cfg.compile else model  # train.compile (mmcl.train.compile)
-    step, samples, tokens, losses = 0, 0, 0, []
+    samples, tokens, losses = 0, 0, []
+
+    def loss_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model's loss on ``batch`` plus the method's extra loss (run under accelerator.autocast)."""
+        nonlocal samples, tokens
+        outputs = forward_batch(forward_model, batch, cfg.image_uncond_prob)
+        loss = outputs.loss
+        extra = method.extra_loss(batch, outputs, stage)
+        if extra is not None:
+            loss = loss + extra
+        samples += batch["input_ids"].shape[0]
+        tokens += int(batch["attention_mask"].sum())
+        return loss
+
+    def after_backward() -> None:
+        method.after_backward(stage)
+
+    def logged(step: int, loss: torch.Tensor) -> None:
+        value = loss.detach() if world == 1 else accelerator.reduce(loss.detach(), reduction="mean")
+        losses.append(float(value))
+        if on_step:
+            on_step(step, losses[-1])
+
     t0 = time.perf_counter()
-    while step < total_steps:
-        for batch in loader:
-            with accelerator.accumulate(model):
-                with accelerator.autocast():  # a no-op without mixed precision (CPU)
-                    outputs = forward_batch(forward_model, batch, cfg.image_uncond_prob)
-                    loss = outputs.loss
-                    extra = method.extra_loss(batch, outputs, stage)
-                    if extra is not None:
-                        loss = loss + extra
-                accelerator.backward(loss)
-                method.after_backward(stage)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                if accelerator.sync_gradients and not optimizer.step_was_skipped:
-                    scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            samples += batch["input_ids"].shape[0]
-            tokens += int(batch["attention_mask"].sum())
-            if accelerator.sync_gradients:
-                step += 1
-                logged = loss.detach() if world == 1 else accelerator.reduce(loss.detach(), reduction="mean")
-                losses.append(float(logged))
-                if on_step:
-                    on_step(step, losses[-1])
-                if step >= total_steps:
-                    break
+    fit(updates, epochs(loader), loss_of, total_steps, model=model, after_backward=after_backward, on_step=logged)
     seconds = time.perf_counter() - t0
     if world > 1:
         counts = accelerator.reduce(torch.tensor([samples, tokens], device=accelerator.device), reduction="sum")
@@ -150,7 +150,7 @@ def train_on(
     method.model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     release_stage(accelerator)
     return TrainStats(
-        steps=step,
+        steps=len(losses),
         samples=samples,
         seconds=seconds,
         final_loss=losses[-1] if losses else float("nan"),
