@@ -20,9 +20,9 @@ def tiny_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Smaller than the shipped preset so that end-to-end tests are fast; it goes through
     exactly the loading path of a real checkpoint (``model.path``).
     """
-    from mmcl.models.pretrain import tokenizer_corpus
     from mmcl.models.tiny_llava import TinyLlavaSize, build_model, build_processor
     from mmcl.models.tokenizer import train_tokenizer
+    from mmcl.pretrain.llava import tokenizer_corpus
 
     size = TinyLlavaSize(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=64, text_layers=2,
                          text_heads=2, text_intermediate=128)

@@ -23,9 +23,9 @@ from mmcl.benchmarks.continual_next_synth import (
 from mmcl.config import BenchmarkConfig, ConfigError
 from mmcl.data.sample import Benchmark
 from mmcl.eval.continual_next import PRESENT_META_KEY, Expectation
-from mmcl.models.tiny_janus import ATTRIBUTES, BACKGROUND_COLOURS, POSITION_NAMES, Scene, draw_scene
 from mmcl.report.cross_modal import _normalize_pair
 from mmcl.synth.draw import PALETTE, parse_boxes
+from mmcl.synth.janus_world import ATTRIBUTES, BACKGROUND_COLOURS, POSITION_NAMES, Scene, draw_scene
 
 ORDER = ["vqa", "classification", "t2i", "ocr-vqa", "grounding", "editing"]
 TRAIN, TEST = 72, 24

@@ -22,13 +22,14 @@ from mmcl.eval.dual import (
 from mmcl.eval.generate import IMAGE_REQUEST
 from mmcl.models import tiny_janus as tj
 from mmcl.models.dual import boi_token_id, image_tokenizer, supports_image_output
+from mmcl.synth import janus_world as world
 from mmcl.train.dual import dual_forward, forward_batch
 from mmcl.train.encode import IGNORE_INDEX, Encoder, collate_train
 
 SMALL = small_janus_size()
 N = SMALL.num_image_tokens
-SCENE = tj.Scene(tj.ATTRIBUTES["shape"][0], tj.ATTRIBUTES["colour"][0], tj.POSITION_NAMES[0], tj.BACKGROUND_NAMES[0])
-OTHER = tj.Scene(tj.ATTRIBUTES["shape"][1], tj.ATTRIBUTES["colour"][1], tj.POSITION_NAMES[4], tj.BACKGROUND_NAMES[1])
+SCENE = world.Scene(world.ATTRIBUTES["shape"][0], world.ATTRIBUTES["colour"][0], world.POSITION_NAMES[0], world.BACKGROUND_NAMES[0])
+OTHER = world.Scene(world.ATTRIBUTES["shape"][1], world.ATTRIBUTES["colour"][1], world.POSITION_NAMES[4], world.BACKGROUND_NAMES[1])
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +43,19 @@ def bundle(janus_dir: Path) -> types.SimpleNamespace:
     return types.SimpleNamespace(model=model, processor=processor, tokenizer=processor.tokenizer)
 
 
-def t2i_sample(scene: tj.Scene = SCENE, i: int = 0) -> Sample:
+def t2i_sample(scene: world.Scene = SCENE, i: int = 0) -> Sample:
     return Sample(id=f"t2i-{i}", question=f"Generate an image: {scene.caption()}", answers=[scene.caption()],
-                  task="t2i", target_image=lambda: tj.draw_scene(scene), meta={"attributes": scene.attributes()})
+                  task="t2i", target_image=lambda: world.draw_scene(scene), meta={"attributes": scene.attributes()})
 
 
 def vqa_sample(i: int = 0) -> Sample:
     return Sample(id=f"vqa-{i}", question="What colour is the shape?", answers=[SCENE.colour],
-                  image=lambda: tj.draw_scene(SCENE), task="vqa")
+                  image=lambda: world.draw_scene(SCENE), task="vqa")
 
 
 def edit_sample() -> Sample:
     return Sample(id="edit-0", question="Make it different.", answers=[OTHER.caption()], task="edit",
-                  image=lambda: tj.draw_scene(SCENE), target_image=lambda: tj.draw_scene(OTHER))
+                  image=lambda: world.draw_scene(SCENE), target_image=lambda: world.draw_scene(OTHER))
 
 
 def test_a_janus_bundle_gets_an_image_tokenizer(bundle: types.SimpleNamespace) -> None:
@@ -72,7 +73,7 @@ def test_image_answers_encode_as_boi_and_slots(bundle: types.SimpleNamespace) ->
         assert e.input_ids[e.prompt_len] == boi and len(e.input_ids) == e.prompt_len + N  # BOI + N-1 slots
         labelled = (e.labels != IGNORE_INDEX).nonzero().flatten().tolist()
         assert labelled == [e.prompt_len] and e.labels[e.prompt_len] == boi
-    codes = image_tokenizer(bundle.model, bundle.processor)([tj.draw_scene(SCENE)])
+    codes = image_tokenizer(bundle.model, bundle.processor)([world.draw_scene(SCENE)])
     assert torch.equal(t2i.image_target, codes[0])
     assert "pixel_values" in edit.vision and "pixel_values" not in t2i.vision
     assert not vqa.wants_image and vqa.image_target is None
@@ -191,11 +192,11 @@ def test_image_scorers_use_the_judge_and_give_zero_without_an_image() -> None:
     from mmcl.eval.scorers import score
 
     t2i, edit = t2i_sample(), edit_sample()
-    truth = ImageOutput(tj.draw_scene(SCENE))
+    truth = ImageOutput(world.draw_scene(SCENE))
     assert score("cnext_t2i", truth, t2i.answers, t2i) == 1.0  # the judge reads a real render right
-    assert score("cnext_t2i", ImageOutput(tj.draw_scene(OTHER)), t2i.answers, t2i) == 0.0  # all 4 attributes differ
+    assert score("cnext_t2i", ImageOutput(world.draw_scene(OTHER)), t2i.answers, t2i) == 0.0  # all 4 attributes differ
     assert score("cnext_t2i", "a red circle", t2i.answers, t2i) == 0.0  # text where an image was asked
-    assert score("cnext_edit", ImageOutput(tj.draw_scene(OTHER)), edit.answers, edit) == pytest.approx(1.0)
+    assert score("cnext_edit", ImageOutput(world.draw_scene(OTHER)), edit.answers, edit) == pytest.approx(1.0)
     assert score("cnext_edit", IMAGE_PREDICTION, edit.answers, edit) == 0.0  # the string alone carries no image
     assert 0.0 < score("cnext_edit", truth, edit.answers, edit) < 0.5  # the unedited source: pixels only
     with pytest.raises(ValueError, match="sample-aware"):

@@ -11,7 +11,7 @@ import pytest
 
 from mmcl.benchmarks.msvqa_synth import QTYPES, SCENARIO_SPECS, UNITS, SceneObject, SceneRenderer
 from mmcl.config import BenchmarkConfig, ModelConfig, RunConfig
-from mmcl.models.instruct_data import ALL_CATEGORIES, PLAIN_BACKGROUNDS, instruct_samples
+from mmcl.pretrain.instruct import ALL_CATEGORIES, PLAIN_BACKGROUNDS, instruct_samples
 from mmcl.synth.draw import parse_boxes
 
 
@@ -88,7 +88,7 @@ def test_generalist_preset_loads_with_its_card() -> None:
 def test_generalist_recipe_end_to_end_writes_its_card(tiny_llava_dir, tmp_path) -> None:  # noqa: ANN001
     """``pretrain_generalist`` on a small caption base: trains, saves a loadable model and the card."""
     from mmcl.models.loader import load_model
-    from mmcl.models.pretrain_generalist import GeneralistRecipe, pretrain_generalist
+    from mmcl.pretrain.generalist import GeneralistRecipe, pretrain_generalist
 
     recipe = GeneralistRecipe(n_instruct=60, n_captions=8, n_say=4, vision_steps=30, max_steps=3, n_held_out=10,
                               card_test_per_task=2, card_streams=("msvqa-synth",))

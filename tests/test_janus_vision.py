@@ -1,4 +1,4 @@
-"""The understanding-encoder warm-up of the tiny Janus (``mmcl.models.janus_vision``)."""
+"""The understanding-encoder warm-up of the tiny Janus (``mmcl.pretrain.janus_vision``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from mmcl.models import tiny_janus as tj
-from mmcl.models.janus_vision import warm_up_vision
+from mmcl.pretrain.janus_vision import warm_up_vision
 
 
 def test_warm_up_trains_only_the_vision_tower_and_reports_held_out_accuracy(tiny_janus_dir: Path) -> None:

@@ -18,8 +18,9 @@ from mmcl.benchmarks.mllm_cl_synth import (
     make_task,
 )
 from mmcl.config import BenchmarkConfig, ConfigError
-from mmcl.models.pretrain_data import MARK_NAMES, SHAPES
+from mmcl.pretrain.data import MARK_NAMES
 from mmcl.synth.draw import COLOUR_NAMES, parse_boxes
+from mmcl.synth.shapes import SHAPES
 
 DCL_TASKS = ["RS", "Med", "AD", "Sci", "Fin"]
 ACL_TASKS = ["OCR", "Math", "VP", "GUI"]

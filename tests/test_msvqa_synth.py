@@ -27,7 +27,7 @@ from mmcl.benchmarks.msvqa_synth import (
     tokenizer_corpus,
 )
 from mmcl.config import BenchmarkConfig
-from mmcl.models.pretrain_data import MARK_NAMES, SHAPES, caption_samples, say_samples
+from mmcl.pretrain.data import MARK_NAMES, caption_samples, say_samples
 from mmcl.synth.draw import (
     COLOUR_NAMES,
     GLYPHS,
@@ -38,6 +38,7 @@ from mmcl.synth.draw import (
     format_boxes,
     parse_boxes,
 )
+from mmcl.synth.shapes import SHAPES
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 ALL_TASKS = [f"{s}.{q}" for s in SCENARIOS for q in QTYPES]

@@ -14,16 +14,12 @@ import torch
 from PIL import Image
 
 from mmcl.eval.generate_image import NoImageProduced, generate_images, generate_images_or_none
-from mmcl.eval.image_judge import (
-    JudgeRecipe,
-    attributes_from_caption,
-    edit_score,
-    load_judge,
-    save_judge,
-    t2i_score,
-    train_judge,
-)
+from mmcl.eval.image_judge import attributes_from_caption, edit_score, t2i_score
 from mmcl.models import tiny_janus as tj
+from mmcl.models.image_judge import load_judge, save_judge
+from mmcl.pretrain import janus as pj
+from mmcl.pretrain.judge import JudgeRecipe, train_judge
+from mmcl.synth import janus_world as world
 
 SMALL = tj.TinyJanusSize(patch_size=16, vision_hidden=32, vision_layers=1, vision_heads=2, vq_codebook=64,
                          text_hidden=64, text_layers=2, text_heads=2, text_intermediate=128)
@@ -47,7 +43,7 @@ def test_generates_an_image_for_a_generation_prompt_and_text_for_a_question(janu
     assert sampled[0].size == (64, 64)
 
     prompt = tj.question_prompt(processor, "What colour is the shape?")
-    enc = processor(text=[prompt], images=[tj.draw_scene(tj.all_scenes()[0])], return_tensors="pt")
+    enc = processor(text=[prompt], images=[world.draw_scene(world.all_scenes()[0])], return_tensors="pt")
     assert (enc["input_ids"] == model.config.image_token_id).sum() == SMALL.num_image_tokens
     out = model.generate(**enc, max_new_tokens=4, do_sample=False)
     new = out[0, enc["input_ids"].shape[1]:]
@@ -63,7 +59,7 @@ def test_save_load_round_trip(janus_dir: Path, tmp_path: Path) -> None:
     boi = processor.tokenizer.convert_tokens_to_ids("<begin_of_image>")
     assert again.generation_config.generation_kwargs["boi_token_id"] == boi
     assert processor2.num_image_tokens == SMALL.num_image_tokens == again.config.vision_config.num_image_tokens
-    ids, mask = tj._prompt_batch(processor2, ["a green ring on the left on a black background."])
+    ids, mask = pj._prompt_batch(processor2, ["a green ring on the left on a black background."])
     assert ids[0, -1] == boi
     a = model.generate(input_ids=ids, attention_mask=mask, generation_mode="image", guidance_scale=2.0)
     b = again.generate(input_ids=ids, attention_mask=mask, generation_mode="image", guidance_scale=2.0)
@@ -81,7 +77,7 @@ def test_loads_through_the_project_loader(janus_dir: Path) -> None:
 def test_vq_training_pass_matches_the_inference_round_trip(janus_dir: Path) -> None:
     """Training quantizes the normalised latent against a unit codebook: encode/decode pick the same codes."""
     model, _ = tj.load_tiny_janus(janus_dir)
-    x = tj.images_to_tensor([tj.draw_scene(s) for s in tj.all_scenes()[:3]])
+    x = tj.images_to_tensor([world.draw_scene(s) for s in world.all_scenes()[:3]])
     with torch.no_grad():
         rec_train, _, codes, _ = tj.vq_forward(model.model.vqmodel, x)
     rec, codes_inf = tj.vq_reconstruct(model, x)
@@ -109,7 +105,7 @@ def test_judge_accuracy_is_computed_untrained_near_chance_trained_well_above(tmp
     assert t["shape"] + t["colour"] + t["position"] + t["background"] > u["shape"] + u["colour"] + u["position"] + u["background"] + 1.5
     save_judge(trained, tmp_path / "judge")
     again = load_judge(tmp_path / "judge")
-    imgs = [tj.draw_scene(s) for s in tj.all_scenes()[:5]]
+    imgs = [world.draw_scene(s) for s in world.all_scenes()[:5]]
     assert again(imgs) == trained(imgs)
 
 
@@ -124,18 +120,18 @@ class _TruthJudge:
 
 
 def test_scores() -> None:
-    scene = tj.Scene("triangle", "red", "at the top left", "white")
+    scene = world.Scene("triangle", "red", "at the top left", "white")
     assert attributes_from_caption(scene.caption()) == scene.attributes()
     assert attributes_from_caption("An orange ring at the top on a gray background.") == {
         "shape": "ring", "colour": "orange", "position": "at the top", "background": "gray"}
-    img = tj.draw_scene(scene)
+    img = world.draw_scene(scene)
     judge = _TruthJudge(dict(scene.attributes(), colour="blue"))
     assert t2i_score(judge, None, scene.caption()) == 0.0
     assert t2i_score(judge, img, scene.caption()) == pytest.approx(0.75)
     assert t2i_score(judge, img, {"shape": "triangle"}) == 1.0
     assert edit_score(judge, None, img) == 0.0
     assert edit_score(_TruthJudge(scene.attributes()), img, img, scene.attributes()) == pytest.approx(1.0)
-    other = tj.draw_scene(tj.Scene("triangle", "red", "at the top left", "black"))
+    other = world.draw_scene(world.Scene("triangle", "red", "at the top left", "black"))
     s = edit_score(_TruthJudge(scene.attributes()), other, img, scene.attributes(), weight=0.5)
     assert 0.5 < s < 1.0
 
@@ -153,7 +149,7 @@ def test_modality_decision_loss_teaches_begin_of_image_first(janus_dir: Path) ->
         with torch.no_grad():
             return float(model(**text).logits[0, -1].log_softmax(-1)[boi])
 
-    ids, mask = tj._prompt_batch(processor, captions)
+    ids, mask = pj._prompt_batch(processor, captions)
     codes = torch.randint(SMALL.vq_codebook, (2, SMALL.num_image_tokens))
     _, none = tj.t2i_and_modality_loss(model, ids, mask, codes, decide=torch.tensor([False, False]))
     assert float(none.detach()) == 0.0
@@ -168,7 +164,7 @@ def test_modality_decision_loss_teaches_begin_of_image_first(janus_dir: Path) ->
     model.eval()
     after = boi_logprob()
     assert after > before + 1.0
-    assert tj.first_text_tokens(model, processor, [tj.generation_prompt(processor, captions[0])]) == [boi]
+    assert pj.first_text_tokens(model, processor, [tj.generation_prompt(processor, captions[0])]) == [boi]
 
 
 ASSET = Path(tj.__file__).resolve().parent.parent / "assets" / "tiny-janus"
@@ -182,7 +178,8 @@ def test_shipped_tiny_janus_generates_what_its_record_claims() -> None:
     a judge score near the recorded 0.91 (the target was 0.8); captions exactly right (recorded 1.0)."""
     import json
 
-    from mmcl.eval.image_judge import default_judge_dir, evaluate_text_to_image
+    from mmcl.eval.image_judge import evaluate_text_to_image
+    from mmcl.models.image_judge import default_judge_dir
 
     torch.set_num_threads(1)
     assert (ASSET / "model.safetensors").exists() and (ASSET / "pretrain_janus.json").exists()
@@ -193,19 +190,19 @@ def test_shipped_tiny_janus_generates_what_its_record_claims() -> None:
     assert decision["generation_prompt_first_token_boi"] >= 0.95 and decision["caption_question_first_token_not_boi"] >= 0.95
     model, processor = tj.load_tiny_janus(ASSET)
     judge = load_judge(default_judge_dir())
-    assert min(judge.info["heldout_accuracy"][k] for k in tj.ATTRIBUTES) >= 0.95
-    _, held = tj.heldout_split(recipe["seed"], recipe["heldout_fraction"])
+    assert min(judge.info["heldout_accuracy"][k] for k in world.ATTRIBUTES) >= 0.95
+    _, held = pj.heldout_split(recipe["seed"], recipe["heldout_fraction"])
     assert [s.caption() for s in held] == res["heldout_captions"]
     sub = held[:: max(1, len(held) // 16)][:16]
     got = evaluate_text_to_image(model, processor, judge, [s.caption() for s in sub], cfg_scale=recipe["cfg_scale"])
     boi = processor.tokenizer.convert_tokens_to_ids("<begin_of_image>")
-    first = tj.first_text_tokens(model, processor, [tj.generation_prompt(processor, s.caption()) for s in sub[:4]])
+    first = pj.first_text_tokens(model, processor, [tj.generation_prompt(processor, s.caption()) for s in sub[:4]])
     assert first == [boi] * 4
     assert all(got["per_attribute"][k] >= 0.9 for k in ("colour", "position", "background")), got
     assert res["judge_t2i_heldout"]["t2i_score"] >= 0.8
     assert abs(got["t2i_score"] - res["judge_t2i_heldout"]["t2i_score"]) <= 0.1, got
-    assert tj.encode_agreement(model, sub)["all"] >= 0.99
-    assert tj.caption_accuracy(model, processor, sub) >= 0.9
+    assert pj.encode_agreement(model, sub)["all"] >= 0.99
+    assert pj.caption_accuracy(model, processor, sub) >= 0.9
 
 
 
@@ -216,7 +213,7 @@ def test_reuse_image_stages_loads_the_vq_and_the_warmed_up_encoder_only(janus_di
     from safetensors.torch import save_file
 
     torch.set_num_threads(1)
-    recipe = tj.JanusPretrainRecipe(size=SMALL)
+    recipe = pj.JanusPretrainRecipe(size=SMALL)
     trained, processor = tj.load_tiny_janus(janus_dir)
     with torch.no_grad():  # stand-in for trained weights: every tensor moved, LM included
         for t in trained.parameters():
@@ -224,31 +221,31 @@ def test_reuse_image_stages_loads_the_vq_and_the_warmed_up_encoder_only(janus_di
     src = tmp_path / "src"
     tj.save_tiny_janus(trained, processor, src)
     done = trained.state_dict()
-    save_file({k: v.contiguous() for k, v in done.items() if k.startswith(tj.VISION_PREFIX)},
-              str(src / tj.VISION_WARMUP_FILE))
+    save_file({k: v.contiguous() for k, v in done.items() if k.startswith(pj.VISION_PREFIX)},
+              str(src / pj.VISION_WARMUP_FILE))
     (src / "pretrain_janus.json").write_text(json.dumps(
         {"recipe": asdict(recipe), "results": {"vq_final_loss": 0.5, "vision_seconds": 2.0, "lm_final_t2i_loss": 3.0}}))
 
     fresh = tj.build_model(processor.tokenizer, SMALL, seed=0).state_dict()
     model = tj.build_model(processor.tokenizer, SMALL, seed=0)
-    got = tj.reuse_image_stages(model, src, recipe)
+    got = pj.reuse_image_stages(model, src, recipe)
     after = model.state_dict()
     for k, v in after.items():
-        expected = done[k] if k.startswith((tj.VQ_PREFIX, tj.VISION_PREFIX)) else fresh[k]
+        expected = done[k] if k.startswith((pj.VQ_PREFIX, pj.VISION_PREFIX)) else fresh[k]
         assert torch.equal(v, expected), k
     assert got == {"vq_final_loss": 0.5, "vision_seconds": 2.0, "image_stages_reused_from": str(src),
                    "vision_warmup_reused": True}
 
-    (src / tj.VISION_WARMUP_FILE).unlink()  # an older output: the VQ only; the caller reruns the warm-up
+    (src / pj.VISION_WARMUP_FILE).unlink()  # an older output: the VQ only; the caller reruns the warm-up
     model = tj.build_model(processor.tokenizer, SMALL, seed=0)
-    assert tj.reuse_image_stages(model, src, recipe)["vision_warmup_reused"] is False
-    vision = [k for k in fresh if k.startswith(tj.VISION_PREFIX)]
+    assert pj.reuse_image_stages(model, src, recipe)["vision_warmup_reused"] is False
+    vision = [k for k in fresh if k.startswith(pj.VISION_PREFIX)]
     assert vision and all(torch.equal(model.state_dict()[k], fresh[k]) for k in vision)
 
     with pytest.raises(ValueError, match="recipe.vq_steps"):
-        tj.reuse_image_stages(model, src, tj.JanusPretrainRecipe(size=SMALL, vq_steps=7))
+        pj.reuse_image_stages(model, src, pj.JanusPretrainRecipe(size=SMALL, vq_steps=7))
     with pytest.raises(FileNotFoundError, match="pretrain_janus.json"):
-        tj.reuse_image_stages(model, tmp_path, recipe)
+        pj.reuse_image_stages(model, tmp_path, recipe)
 
 
 def test_canonical_codes_and_encoder_alignment() -> None:
@@ -258,11 +255,11 @@ def test_canonical_codes_and_encoder_alignment() -> None:
     size = tj.TinyJanusSize(vision_hidden=32, vision_layers=1, vq_base_channels=32, vq_latent_channels=32,
                             vq_codebook=64, text_hidden=64, text_layers=1, text_heads=2, text_intermediate=128)
     model = tj.build_model(tj.build_tokenizer(size.vocab_size), size, seed=0)
-    scenes = [tj.Scene("circle", "red", p, b) for p in tj.POSITION_NAMES[:3] for b in ("white", "black")]
-    scenes += [tj.Scene("bar", "blue", tj.POSITION_NAMES[8], "gray")]
-    codes = tj.canonical_codes(model, scenes)
-    bg = tj.background_codes(model)
-    obj = tj._object_cells(model, scenes) > 0
+    scenes = [world.Scene("circle", "red", p, b) for p in world.POSITION_NAMES[:3] for b in ("white", "black")]
+    scenes += [world.Scene("bar", "blue", world.POSITION_NAMES[8], "gray")]
+    codes = pj.canonical_codes(model, scenes)
+    bg = pj.background_codes(model)
+    obj = pj._object_cells(model, scenes) > 0
     assert obj.sum(1).tolist() == [4] * len(scenes)
     for i, s in enumerate(scenes):
         assert set(codes[i][~obj[i]].tolist()) == {bg[s.background]}
@@ -270,8 +267,8 @@ def test_canonical_codes_and_encoder_alignment() -> None:
 
     vq = model.model.vqmodel
     frozen = {k: v.clone() for k, v in vq.state_dict().items() if not k.startswith(("encoder.", "quant_conv."))}
-    before = tj.encode_agreement(model, scenes)
-    got = tj.align_encoder(model, scenes, steps=80, batch_size=8, lr=3e-3, seed=0, log=lambda m: None)
-    after = tj.encode_agreement(model, scenes)
+    before = pj.encode_agreement(model, scenes)
+    got = pj.align_encoder(model, scenes, steps=80, batch_size=8, lr=3e-3, seed=0, log=lambda m: None)
+    after = pj.encode_agreement(model, scenes)
     assert after["all"] >= max(0.9, before["all"] + 0.2), (before, after, got)
     assert all(torch.equal(vq.state_dict()[k], v) for k, v in frozen.items())

@@ -234,7 +234,7 @@ def pretrain(
 
         torch.set_num_threads(threads)
     if recipe == "generalist":
-        from mmcl.models.pretrain_generalist import GeneralistRecipe, pretrain_generalist
+        from mmcl.pretrain.generalist import GeneralistRecipe, pretrain_generalist
 
         target = output or ASSETS_DIR / "tiny-llava-generalist"
         r = GeneralistRecipe(seed=seed, max_steps=max_steps)
@@ -245,7 +245,7 @@ def pretrain(
         return
     if recipe != "caption":
         _fail(f"unknown recipe {recipe!r}; recipes: caption, generalist")
-    from mmcl.models.pretrain import pretrain as do_pretrain
+    from mmcl.pretrain.llava import pretrain as do_pretrain
 
     target = output or ASSETS_DIR / "tiny-llava"
     do_pretrain(target, seed=seed, n_captions=n_captions, epochs=epochs, max_steps=max_steps,
@@ -266,7 +266,7 @@ def pretrain_janus(
 
     Scores its generations with the image judge in src/mmcl/assets/image-judge when present.
     """
-    from mmcl.models.tiny_janus import JanusPretrainRecipe, pretrain_tiny_janus
+    from mmcl.pretrain.janus import JanusPretrainRecipe, pretrain_tiny_janus
 
     overrides = {k: v for k, v in {"vq_steps": vq_steps, "lm_steps": lm_steps}.items() if v is not None}
     results = pretrain_tiny_janus(output, JanusPretrainRecipe(seed=seed, **overrides), log=console.print,

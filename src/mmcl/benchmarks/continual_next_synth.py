@@ -111,7 +111,7 @@ def task_modalities_pair(task: str | Task) -> str:
 
 
 def _tj() -> Any:
-    from mmcl.models import tiny_janus
+    from mmcl.synth import janus_world as tiny_janus
 
     return tiny_janus
 

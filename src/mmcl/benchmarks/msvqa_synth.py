@@ -290,7 +290,7 @@ def _near(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
 def question_text(qtype: str, category: str, n: int = 1) -> str:
     """The stream's question of type ``qtype`` about ``category`` (``n``: how many objects the attribute
     question speaks of). The one source of the templates: the generalist base's instruction data asks
-    the same questions about canonical pictures (``mmcl.models.instruct_data``)."""
+    the same questions about canonical pictures (``mmcl.pretrain.instruct``)."""
     if qtype == "counting":
         return f"How many {plural(category)} are in the image?"
     if qtype == "category":
@@ -506,7 +506,7 @@ class SceneRenderer:
     ``background=None`` draws the scenario's rendering (its background, and for underwater the
     tint and blur). A colour draws the CANONICAL rendering instead: the same glyphs and markings
     on a plain background with no scenario effect (the generalist base's instruction data,
-    :mod:`mmcl.models.instruct_data`; ``scenario`` is then only a label). Objects whose category
+    :mod:`mmcl.pretrain.instruct`; ``scenario`` is then only a label). Objects whose category
     has no marking (the generic shapes) are drawn without one.
     """
 

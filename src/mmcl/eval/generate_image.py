@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from mmcl.models.dual import base_model as _base
-from mmcl.models.dual import tokens_to_images
+from mmcl.models.dual import ensure_image_generation_config, tokens_to_images
 
 
 class NoImageProduced(RuntimeError):
@@ -27,20 +27,6 @@ def chat_generation_prompt(processor: Any, text: str) -> str:
     """``text`` as a user turn + assistant prompt (Janus chat template)."""
     msgs = [{"role": "user", "content": [{"type": "text", "text": text}]}]
     return processor.apply_chat_template(msgs, add_generation_prompt=True)
-
-
-def ensure_image_generation_config(model: Any, processor: Any) -> None:
-    """``generate(generation_mode="image")`` reads ``generation_config.generation_kwargs["boi_token_id"]``
-    (and pad/bos ids); a generation config rebuilt from config.json lacks it: fill it from the processor."""
-    gc = _base(model).generation_config
-    tok = processor.tokenizer
-    kwargs = dict(getattr(gc, "generation_kwargs", None) or {})
-    kwargs.setdefault("boi_token_id", tok.convert_tokens_to_ids(processor.image_start_token))
-    gc.generation_kwargs = kwargs
-    if gc.pad_token_id is None:
-        gc.pad_token_id = tok.pad_token_id
-    if gc.bos_token_id is None and tok.bos_token_id is not None:
-        gc.bos_token_id = tok.bos_token_id
 
 
 @torch.no_grad()

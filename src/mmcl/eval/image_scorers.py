@@ -2,7 +2,7 @@
 
 The paper scores generated images with CLIP ViT-B/32 (text-image cosine for text-to-image,
 image-image cosine for editing); CLIP weights cannot be downloaded here, so the judge is the
-project's attribute classifier (:mod:`mmcl.eval.image_judge`), trained only on the synthetic
+project's attribute classifier (:mod:`mmcl.models.image_judge`), trained only on the synthetic
 generator's ground truth and never used in training. Both scorers are sample-aware (they read the
 target attributes from ``sample.meta["attributes"]`` and the target image from the sample) and
 give 0 when the answer is not an image (the paper: 0 when no image is produced).
@@ -35,11 +35,11 @@ JUDGE_CATEGORIES = {"shape": "shapes", "colour": "colours", "background": "backg
 
 @lru_cache(maxsize=4)
 def _load(path: str) -> Any:
-    from mmcl.eval.image_judge import load_judge
+    from mmcl.models.image_judge import load_judge
 
     if not (Path(path) / "judge.json").is_file():
         raise FileNotFoundError(
-            f"no image judge at {path} (judge.json missing); train one with mmcl.eval.image_judge.train_judge "
+            f"no image judge at {path} (judge.json missing); train one with mmcl.pretrain.judge.train_judge "
             f"or set ${JUDGE_ENV} to its directory"
         )
     return load_judge(path)
@@ -47,7 +47,7 @@ def _load(path: str) -> Any:
 
 def get_judge() -> Any:
     """The image judge (cached): ``$MMCL_IMAGE_JUDGE`` or the shipped one."""
-    from mmcl.eval.image_judge import default_judge_dir
+    from mmcl.models.image_judge import default_judge_dir
 
     return _load(str(os.environ.get(JUDGE_ENV) or default_judge_dir()))
 

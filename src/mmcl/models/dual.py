@@ -19,6 +19,20 @@ def base_model(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def ensure_image_generation_config(model: Any, processor: Any) -> None:
+    """``generate(generation_mode="image")`` reads ``generation_config.generation_kwargs["boi_token_id"]``
+    (and pad/bos ids); a generation config rebuilt from config.json lacks it: fill it from the processor."""
+    gc = base_model(model).generation_config
+    tok = processor.tokenizer
+    kwargs = dict(getattr(gc, "generation_kwargs", None) or {})
+    kwargs.setdefault("boi_token_id", tok.convert_tokens_to_ids(processor.image_start_token))
+    gc.generation_kwargs = kwargs
+    if gc.pad_token_id is None:
+        gc.pad_token_id = tok.pad_token_id
+    if gc.bos_token_id is None and tok.bos_token_id is not None:
+        gc.bos_token_id = tok.bos_token_id
+
+
 def supports_image_output(model: Any) -> bool:
     """True for models with an image generation head and a VQ decoder (Janus)."""
     base = base_model(model)

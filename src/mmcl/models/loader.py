@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mmcl.config import ModelConfig
+from mmcl.models.dual import ensure_image_generation_config
 from mmcl.models.families import FAMILIES, Family, UnsupportedFamilyError, detect_family, read_config
 
 __all__ = ["FAMILIES", "Family", "ModelBundle", "ModelLoadError", "load_model", "preset_dir", "resolve_dtype"]
@@ -199,7 +200,5 @@ def load_model(cfg: ModelConfig) -> ModelBundle:
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     if family.name == "janus":  # image generation reads boi/pad/bos from the generation config
-        from mmcl.eval.generate_image import ensure_image_generation_config
-
         ensure_image_generation_config(model, processor)
     return ModelBundle(model=model, processor=processor, family=family, source=source)

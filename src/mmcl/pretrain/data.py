@@ -3,7 +3,8 @@
 Deliberately unlike the continual tasks: a plain single-colour background and 1-2 large generic
 shapes (circle, square, triangle, diamond, bar, ring) in the palette colours, each centred in its
 own region of a 3 x 3 grid, captioned e.g. "a red circle at the top left and a blue square at the
-bottom right." None of the benchmarks' scenes, categories or question formats appear.
+bottom right." None of the benchmarks' scenes, categories or question formats appear. The shapes
+and place names are :mod:`mmcl.synth.shapes`; the marks are msvqa-synth's (``MARKINGS``).
 """
 
 from __future__ import annotations
@@ -14,25 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mmcl.benchmarks.msvqa_synth import MARKINGS, marking_box
 from mmcl.data.sample import Sample
 from mmcl.synth.draw import COLOUR_NAMES, PALETTE, Colour, draw_glyph
+from mmcl.synth.shapes import REGIONS, SHAPES
 
 CAPTION_INSTRUCTION = "Describe the image."
 CAPTION_TASK = "pretrain.caption"
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "bar", "ring")
-
-# (column, row) of the 3 x 3 grid -> phrase used in captions
-REGIONS: dict[tuple[int, int], str] = {
-    (0, 0): "at the top left",
-    (1, 0): "at the top",
-    (2, 0): "at the top right",
-    (0, 1): "on the left",
-    (1, 1): "in the center",
-    (2, 1): "on the right",
-    (0, 2): "at the bottom left",
-    (1, 2): "at the bottom",
-    (2, 2): "at the bottom right",
-}
 
 MARK_NAMES: tuple[str, ...] = ("white", "black", "cyan", "pink")
 """Names of the marking colours (``msvqa_synth.MARKINGS``, same order); half the shapes carry one."""
@@ -49,8 +38,6 @@ class CaptionRenderer:
     shapes: tuple[tuple[str, str, tuple[int, int, int, int], str | None], ...]  # (shape, colour, pixel box, mark)
 
     def __call__(self) -> Image.Image:
-        from mmcl.benchmarks.msvqa_synth import MARKINGS, marking_box
-
         img = Image.new("RGB", (self.image_size, self.image_size), self.background)
         draw = ImageDraw.Draw(img)
         for shape, colour, box, mark in self.shapes:

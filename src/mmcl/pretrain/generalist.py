@@ -2,14 +2,14 @@
 
 Recipe (deterministic from ``seed``):
 
-1. caption pre-training: the ``caption`` recipe (:mod:`mmcl.models.pretrain`). Its output is the
+1. caption pre-training: the ``caption`` recipe (:mod:`mmcl.pretrain.llava`). Its output is the
    shipped ``tiny-llava`` preset, so by default that directory is loaded instead of rebuilt
    (``caption_base``); when it is missing the caption stage runs first;
 2. vision warm-up on the instruction pictures: the tower alone, with a throw-away linear head,
    tells for every patch the colour and the category of the object covering it (21 classes:
    the streams' 16 categories and 5 generic shapes, all drawn canonically);
 3. visual instruction tuning of ALL weights on the generic mix of
-   :mod:`mmcl.models.instruct_data` (the streams' five question forms about large objects on
+   :mod:`mmcl.pretrain.instruct` (the streams' five question forms about large objects on
    plain backgrounds) plus a share of the caption and "Say <word>." samples, so that the base
    still captions and writes the answer words;
 4. the card: held-out generic scores per question type, and zero-shot on the built-in streams
@@ -31,12 +31,24 @@ import torch
 from accelerate import Accelerator
 from rich.console import Console
 
+from mmcl.benchmarks.builtin import build_benchmark
+from mmcl.benchmarks.msvqa_synth import (
+    GROUNDING_MAX_NEW_TOKENS,
+    GROUNDING_SCORERS,
+    QA_MAX_NEW_TOKENS,
+    QA_SCORERS,
+    QTYPES,
+    answer_vocabulary,
+)
 from mmcl.config import BenchmarkConfig, ModelConfig, RunConfig, TrainConfig
 from mmcl.data.sample import Benchmark, Task
 from mmcl.eval.evaluator import score_predictions
 from mmcl.eval.generate import generate_answers
 from mmcl.methods.base import RunContext
-from mmcl.models.loader import FAMILIES, ModelBundle, load_model
+from mmcl.models.loader import ASSETS_DIR, FAMILIES, ModelBundle, load_model
+from mmcl.pretrain.data import caption_samples, say_samples
+from mmcl.pretrain.instruct import ALL_CATEGORIES, INSTRUCT_TASK, instruct_samples
+from mmcl.pretrain.llava import FullFinetune, pretrain, pretrain_vision
 from mmcl.train.encode import Encoder
 from mmcl.train.loop import train_on
 
@@ -63,8 +75,6 @@ class GeneralistRecipe:
 
 def _where(path: Path) -> str:
     """``preset:<name>`` for a shipped preset directory, else the path."""
-    from mmcl.models.loader import ASSETS_DIR
-
     return f"preset:{path.name}" if path.resolve().parent == ASSETS_DIR.resolve() else str(path)
 
 
@@ -83,15 +93,6 @@ def evaluate_tasks(bundle: ModelBundle, tasks: list[Task], batch_size: int = 64)
 
 def held_out_tasks(seed: int, n: int, image_size: int) -> list[Task]:
     """The card's generic held-out tasks, one per question type, scored like msvqa-synth's."""
-    from mmcl.benchmarks.msvqa_synth import (
-        GROUNDING_MAX_NEW_TOKENS,
-        GROUNDING_SCORERS,
-        QA_MAX_NEW_TOKENS,
-        QA_SCORERS,
-        QTYPES,
-    )
-    from mmcl.models.instruct_data import INSTRUCT_TASK, instruct_samples
-
     test = instruct_samples(n, seed, split="test", image_size=image_size)
     tasks = []
     for q in QTYPES:
@@ -104,8 +105,6 @@ def held_out_tasks(seed: int, n: int, image_size: int) -> list[Task]:
 
 def stream_zero_shot(bundle: ModelBundle, name: str, test_per_task: int) -> dict[str, Any]:
     """Zero-shot of ``bundle`` on the built-in stream ``name``: per task, and means (x100)."""
-    from mmcl.benchmarks.builtin import build_benchmark
-
     cfg = RunConfig(benchmark=BenchmarkConfig(name=name, test_per_task=test_per_task, train_per_task=1))
     bench: Benchmark = build_benchmark(cfg)
     per_task = evaluate_tasks(bundle, bench.tasks)
@@ -144,18 +143,11 @@ def pretrain_generalist(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Build the generalist base into ``output``; returns what ``pretrain.json`` records."""
-    from mmcl.benchmarks.msvqa_synth import answer_vocabulary
-    from mmcl.models.instruct_data import ALL_CATEGORIES, instruct_samples
-    from mmcl.models.pretrain import _FullFinetune, pretrain, pretrain_vision
-    from mmcl.models.pretrain_data import caption_samples, say_samples
-
     console = console or Console(stderr=True)
     recipe = recipe or GeneralistRecipe()
     out = Path(output)
     t0 = time.perf_counter()
     if caption_base is None:
-        from mmcl.models.loader import ASSETS_DIR
-
         caption_base = ASSETS_DIR / "tiny-llava"
     caption_base = Path(caption_base)
     if not (caption_base / "config.json").is_file():
@@ -182,7 +174,7 @@ def pretrain_generalist(
     cfg = RunConfig(train=tcfg)
     tbundle = ModelBundle(model=model, processor=processor, family=FAMILIES["llava"], source="pretrain")
     task = Task("generalist", train, [], scorers=["exact_match"])
-    method = _FullFinetune(RunContext(cfg, tbundle, Benchmark("generalist", [task])), _FullFinetune.Options())
+    method = FullFinetune(RunContext(cfg, tbundle, Benchmark("generalist", [task])), FullFinetune.Options())
     for p in model.parameters():
         p.requires_grad_(True)
     encoded = Encoder(processor).encode(mix, with_answer=True)

@@ -177,7 +177,7 @@ def instruct_samples(n: int, seed: int, split: str = "train", image_size: int = 
                     "category": sc.category,
                     "background": list(sc.background),
                     "boxes": [o.norm_box for o in sc.objects],
-                    # the vision warm-up's per-patch labels (see mmcl.models.pretrain._patch_labels)
+                    # the vision warm-up's per-patch labels (see mmcl.pretrain.llava._patch_labels)
                     "objects": [{"shape": o.category, "colour": o.colour, "mark": None, "box": o.norm_box}
                                 for o in sc.objects],
                 },

@@ -29,6 +29,8 @@ import torch
 from accelerate import Accelerator
 from rich.console import Console
 
+from mmcl.benchmarks.msvqa_synth import answer_vocabulary
+from mmcl.benchmarks.msvqa_synth import tokenizer_corpus as msvqa_corpus
 from mmcl.config import RunConfig, TrainConfig
 from mmcl.data.sample import Benchmark, Sample, Task
 from mmcl.eval.evaluator import score_predictions
@@ -37,21 +39,21 @@ from mmcl.methods.base import Method, RunContext
 from mmcl.models.loader import FAMILIES, ModelBundle
 from mmcl.models.tiny_llava import TinyLlavaSize, build_model, build_processor
 from mmcl.models.tokenizer import train_tokenizer
+from mmcl.pretrain.data import MARK_NAMES, caption_samples, say_samples
+from mmcl.synth.draw import COLOUR_NAMES
+from mmcl.synth.shapes import SHAPES
 from mmcl.train.encode import Encoder
 from mmcl.train.loop import train_on
+from mmcl.train.steps import Optim, Updates, fit, one_cycle
 
 
-class _FullFinetune(Method):
+class FullFinetune(Method):
     """Internal: every weight trains (used for pre-training only, not registered)."""
 
     name = "pretrain"
 
 
 def tokenizer_corpus(seed: int) -> list[str]:
-    from mmcl.benchmarks.msvqa_synth import tokenizer_corpus as msvqa_corpus
-    from mmcl.models.chat import LLAVA15_CHAT_TEMPLATE  # noqa: F401  (template words below)
-    from mmcl.models.pretrain_data import caption_samples
-
     corpus = list(msvqa_corpus(seed))
     corpus += [s.answers[0] for s in caption_samples(2000, seed=seed + 1)]
     corpus += ["USER: <image>\nDescribe the image. ASSISTANT: a red circle.</s>"] * 50
@@ -62,8 +64,6 @@ def tokenizer_corpus(seed: int) -> list[str]:
 
 def _patch_labels(sample: Sample, grid: int, colours: list[str], shapes: tuple[str, ...]) -> torch.Tensor:
     """Per patch (row-major): [colour, shape, mark] classes of the object covering its centre, 0 = none."""
-    from mmcl.models.pretrain_data import MARK_NAMES
-
     labels = torch.zeros(grid * grid, 3, dtype=torch.long)
     for r in range(grid):
         for c in range(grid):
@@ -93,9 +93,6 @@ def pretrain_vision(
     ``shapes``: the object classes of ``samples`` (``meta["objects"][i]["shape"]``); default the
     caption shapes.
     """
-    from mmcl.models.pretrain_data import MARK_NAMES, SHAPES
-    from mmcl.synth.draw import COLOUR_NAMES
-
     shapes = shapes or SHAPES
     colours = list(COLOUR_NAMES)
     tower = model.model.vision_tower
@@ -106,28 +103,29 @@ def pretrain_vision(
     ns = len(shapes) + 1
     head = torch.nn.Linear(vcfg.hidden_size, len(colours) + 1 + ns + len(MARK_NAMES) + 1)
     params = [*tower.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    updates = Updates(params, Optim("adamw", lr), one_cycle(lr, steps, 0.05))  # no clipping, zero_grad after the step
     gen = torch.Generator().manual_seed(seed)
     tower.train()
     nc = len(colours) + 1
-    loss = logits = y = None
-    for _ in range(steps):
-        idx = torch.randint(len(samples), (batch_size,), generator=gen)
+    last: dict[str, torch.Tensor] = {}  # the last batch's logits and labels, for the figures below
+
+    def loss_fn(idx: torch.Tensor) -> torch.Tensor:
         feats = tower(pixel_values=pixels[idx]).last_hidden_state[:, 1:]  # drop CLS
-        logits = head(feats)
-        y = labels[idx]
+        logits = last["logits"] = head(feats)
+        y = last["y"] = labels[idx]
         loss = torch.nn.functional.cross_entropy(logits[..., :nc].flatten(0, 1), y[..., 0].flatten())
         loss = loss + torch.nn.functional.cross_entropy(logits[..., nc : nc + ns].flatten(0, 1), y[..., 1].flatten())
-        loss = loss + torch.nn.functional.cross_entropy(logits[..., nc + ns :].flatten(0, 1), y[..., 2].flatten())
-        loss.backward()
-        opt.step()
-        sched.step()
-        opt.zero_grad()
+        return loss + torch.nn.functional.cross_entropy(logits[..., nc + ns :].flatten(0, 1), y[..., 2].flatten())
+
+    def batches() -> Any:
+        while True:
+            yield torch.randint(len(samples), (batch_size,), generator=gen)
+
+    loss = fit(updates, batches(), loss_fn, steps)
     if loss is None:
         return {"vision_loss": float("nan"), "vision_object_patch_accuracy": 0.0}
     # figures of the last batch: its loss, and the share of object patches with both classes right
-    logits = logits.detach()
+    logits, y = last["logits"].detach(), last["y"]
     obj = y[..., 0] > 0
     right = (logits[..., :nc].argmax(-1) == y[..., 0]) & (logits[..., nc : nc + ns].argmax(-1) == y[..., 1])
     right &= logits[..., nc + ns :].argmax(-1) == y[..., 2]
@@ -147,9 +145,6 @@ def pretrain(
     vision_steps: int = 800,
 ) -> dict[str, Any]:
     """Build, pre-train and save the tiny base; returns the recipe and figures written to pretrain.json."""
-    from mmcl.benchmarks.msvqa_synth import answer_vocabulary
-    from mmcl.models.pretrain_data import caption_samples, say_samples
-
     console = console or Console(stderr=True)
     size = size or TinyLlavaSize()
     torch.manual_seed(seed)
@@ -166,7 +161,7 @@ def pretrain(
     tcfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, warmup_ratio=0.03, max_steps=max_steps)
     cfg = RunConfig(train=tcfg)
     bundle = ModelBundle(model=model, processor=processor, family=FAMILIES["llava"], source="pretrain")
-    method = _FullFinetune(RunContext(cfg, bundle, Benchmark("captions", [task])), _FullFinetune.Options())
+    method = FullFinetune(RunContext(cfg, bundle, Benchmark("captions", [task])), FullFinetune.Options())
     console.print(f"vision warm-up: {vision_steps} steps")
     vision = pretrain_vision(model, processor, train, vision_steps, seed=seed)
     train = train + says
