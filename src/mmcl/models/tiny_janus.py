@@ -35,6 +35,7 @@ from PIL import Image
 
 from mmcl.models.chat import JANUS_CHAT_TEMPLATE
 from mmcl.models.dual import ensure_image_generation_config
+from mmcl.models.tokenizer import train_tokenizer
 from mmcl.synth.janus_world import CAPTION_INSTRUCTION, IMAGE_SIZE, all_scenes
 
 # ---------------------------------------------------------------- pixels
@@ -117,8 +118,6 @@ def tokenizer_corpus() -> list[str]:
 def build_tokenizer(vocab_size: int = 512) -> Any:
     """The project's BPE (``train_tokenizer``) with the Janus special tokens added."""
     from transformers import PreTrainedTokenizerFast
-
-    from mmcl.models.tokenizer import train_tokenizer
 
     base = train_tokenizer(tokenizer_corpus(), vocab_size=vocab_size)
     backend = base.backend_tokenizer
