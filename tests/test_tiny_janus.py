@@ -99,14 +99,28 @@ def test_judge_accuracy_is_computed_untrained_near_chance_trained_well_above(tmp
     trained = train_judge(JudgeRecipe(steps=150, **base), log=lambda *_: None)
     u, t = untrained.info["heldout_accuracy"], trained.info["heldout_accuracy"]
     assert u["all"] < 0.05 and max(u["colour"], u["shape"]) < 0.45
-    # colour after 150 steps: above 0.8 on the machine that set this bound, 0.78 on another CPU
-    # with the same seed and one thread (float rounding differs between CPUs), so the bound has margin
-    assert t["background"] > 0.9 and t["colour"] > 0.65 and t["position"] > 0.6
+    assert t["background"] > 0.9 and t["colour"] > 0.65 and t["position"] > 0.6  # one seed: a loose floor
     assert t["shape"] + t["colour"] + t["position"] + t["background"] > u["shape"] + u["colour"] + u["position"] + u["background"] + 1.5
     save_judge(trained, tmp_path / "judge")
     again = load_judge(tmp_path / "judge")
     imgs = [world.draw_scene(s) for s in world.all_scenes()[:5]]
     assert again(imgs) == trained(imgs)
+
+
+# Held-out colour accuracy after 150 steps, seeds 0-5, one thread on this CPU: 0.842 0.980 0.800
+# 0.827 0.875 0.837 (mean 0.860, sd 0.06); another CPU gave 0.78 at seed 0 (float rounding). The
+# mean over seeds 0-2 is 0.874 here; its spread over CPUs and seed sets is about 0.035 (sd / sqrt 3),
+# so a floor of 0.78 on the three-seed mean leaves 2.7 of those under the figure measured here.
+JUDGE_COLOUR_MEAN_MIN = 0.78
+
+
+@pytest.mark.slow
+def test_judge_colour_over_three_seeds() -> None:
+    torch.set_num_threads(1)
+    base = dict(n_train=1200, n_heldout=400, width=16, batch_size=32, lr=3e-3, steps=150)
+    colour = [train_judge(JudgeRecipe(seed=s, **base), log=lambda *_: None).info["heldout_accuracy"]["colour"]
+              for s in range(3)]
+    assert sum(colour) / 3 >= JUDGE_COLOUR_MEAN_MIN, colour
 
 
 class _TruthJudge:
