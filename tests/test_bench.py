@@ -63,7 +63,7 @@ def test_quick_bench_writes_the_promised_json(tmp_path: Path) -> None:
     assert all(p["items_sampled"] < p["items_full"] and _positive(p["ratio_full_vs_sampled"]) for p in mx["points"])
     run = res["run"]
     assert run["measured"]["feature_cache"]["hits"] > 0 and run["measured_uncached"]["feature_cache"] is None
-    from mmcl.benchmarks.msvqa_synth import MSVQASynthOptions
+    from mmcl.benchmarks.msvqa.synth import MSVQASynthOptions
     from mmcl.config import RunConfig
 
     opts, cfg = MSVQASynthOptions(), RunConfig()

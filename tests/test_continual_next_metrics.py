@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import pytest
 
+from mmcl.benchmarks.continual_next.cross_modal import cross_modal_transfer, format_cross_modal
+from mmcl.benchmarks.continual_next.scorers import (
+    cnext_grounding_lenient,
+    cnext_normalize,
+    cnext_ocrvqa_lenient,
+    cnext_text_lenient,
+)
 from mmcl.data.sample import Sample
-from mmcl.eval.continual_next import (
+from mmcl.eval.outputs import (
     Expectation,
     Output,
     average_error_rates,
     classify_error,
     classify_sample,
-    cnext_grounding_lenient,
-    cnext_normalize,
-    cnext_ocrvqa_lenient,
-    cnext_text_lenient,
     error_rates_by_stage,
     hallucinated_names,
     has_repeated_ngram,
@@ -23,7 +26,6 @@ from mmcl.eval.continual_next import (
     stage_error_rates,
 )
 from mmcl.eval.scorers import SCORERS, score
-from mmcl.report.cross_modal import cross_modal_transfer, format_cross_modal
 
 # --- scorers -------------------------------------------------------------------
 

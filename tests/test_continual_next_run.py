@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import small_janus_size
 
+from mmcl.benchmarks.continual_next.protocol import compare_cnext
 from mmcl.config import load_config
-from mmcl.report.continual_next import compare_cnext
 from mmcl.runner import Runner
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "continual-next-quick.yaml"

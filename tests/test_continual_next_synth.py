@@ -11,7 +11,8 @@ import pytest
 
 from mmcl.benchmarks import BENCHMARKS
 from mmcl.benchmarks.builtin import benchmark_names
-from mmcl.benchmarks.continual_next_synth import (
+from mmcl.benchmarks.continual_next.cross_modal import _normalize_pair
+from mmcl.benchmarks.continual_next.synth import (
     BOX_MAX_NEW_TOKENS,
     MODALITY_PAIRS,
     NAME,
@@ -22,9 +23,9 @@ from mmcl.benchmarks.continual_next_synth import (
 )
 from mmcl.config import BenchmarkConfig, ConfigError
 from mmcl.data.sample import Benchmark
-from mmcl.eval.continual_next import PRESENT_META_KEY, Expectation
-from mmcl.report.cross_modal import _normalize_pair
-from mmcl.synth.draw import PALETTE, parse_boxes
+from mmcl.eval.outputs import PRESENT_META_KEY, Expectation
+from mmcl.synth.boxes import parse_formatted_boxes
+from mmcl.synth.draw import PALETTE
 from mmcl.synth.janus_world import ATTRIBUTES, BACKGROUND_COLOURS, POSITION_NAMES, Scene, draw_scene
 
 ORDER = ["vqa", "classification", "t2i", "ocr-vqa", "grounding", "editing"]
@@ -179,7 +180,7 @@ def test_grounding_box_is_the_drawn_extent(bench: Benchmark) -> None:
         drawn = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) / 64
         box = np.array(s.meta["box"])
         assert np.abs(box - drawn).max() <= 1 / 64 + 1e-9, (s.id, box * 64, drawn * 64)
-        (parsed,) = parse_boxes(s.answers[0])
+        (parsed,) = parse_formatted_boxes(s.answers[0])
         assert np.abs(np.array(parsed) - box).max() <= 0.005 + 1e-9
         assert 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
 
@@ -243,7 +244,7 @@ def test_a_box_answer_fits_in_the_grounding_token_budget_of_the_shipped_tokenize
 
 
 def test_the_alternating_order_alternates_the_declared_modalities() -> None:
-    from mmcl.benchmarks.continual_next_synth import alternate_modalities
+    from mmcl.benchmarks.continual_next.synth import alternate_modalities
 
     alt = make(modality_order="alternating", train_size=4, test_size=2)
     assert alt.task_names == ["vqa", "t2i", "classification", "editing", "ocr-vqa", "grounding"]

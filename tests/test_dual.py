@@ -189,6 +189,7 @@ def test_prompt_dropout_trains_the_unconditional_branch(bundle: types.SimpleName
 
 
 def test_image_scorers_use_the_judge_and_give_zero_without_an_image() -> None:
+    import mmcl.benchmarks.continual_next  # noqa: F401  registers cnext_t2i and cnext_edit
     from mmcl.eval.scorers import score
 
     t2i, edit = t2i_sample(), edit_sample()

@@ -9,10 +9,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from mmcl.benchmarks.msvqa_synth import QTYPES, SCENARIO_SPECS, UNITS, SceneObject, SceneRenderer
+from mmcl.benchmarks.msvqa.synth import QTYPES, SCENARIO_SPECS, UNITS, SceneObject, SceneRenderer
 from mmcl.config import BenchmarkConfig, ModelConfig, RunConfig
 from mmcl.pretrain.instruct import ALL_CATEGORIES, PLAIN_BACKGROUNDS, instruct_samples
-from mmcl.synth.draw import parse_boxes
+from mmcl.synth.boxes import parse_formatted_boxes
 
 
 def _hash(img) -> str:  # noqa: ANN001
@@ -28,7 +28,7 @@ def test_instruct_samples_are_deterministic_and_cover_every_form() -> None:
     assert by_type["counting"].answers[0] in {str(k) for k in range(1, 7)}
     assert by_type["existence"].answers[0] in {"yes", "no"}
     assert by_type["category"].answers[0] in ALL_CATEGORIES
-    [box] = parse_boxes(by_type["grounding"].answers[0])
+    [box] = parse_formatted_boxes(by_type["grounding"].answers[0])
     assert box == pytest.approx(tuple(by_type["grounding"].meta["boxes"][0]), abs=0.005)
     # the train and test splits differ
     test = instruct_samples(50, seed=3, split="test")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from mmcl.benchmarks import BENCHMARKS
 from mmcl.benchmarks.builtin import benchmark_names
-from mmcl.benchmarks.mllm_cl import (
+from mmcl.benchmarks.mllm_cl.loader import (
     ACL_TASKS,
     DCL_TASKS,
     ROUTER_LETTERS,

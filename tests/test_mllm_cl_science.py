@@ -6,7 +6,7 @@ own stage and forgets it afterwards. Joint training (the upper bound) is measure
 table (3 seeds) and not re-run here, to keep the suite short. The thresholds leave a margin under the figures measured on 2 CPU cores
 (OMP_NUM_THREADS=1), written below. The ability stream is the cheaper of the two (4 tasks);
 the domain stream (`configs/mllm-dcl-quick.yaml`) was measured by hand, see
-``mmcl.benchmarks.mllm_cl_synth``.
+``mmcl.benchmarks.mllm_cl.synth``.
 """
 
 from __future__ import annotations

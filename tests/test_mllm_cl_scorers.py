@@ -7,9 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from mmcl.data.sample import Sample, Task
-from mmcl.eval.evaluator import score_predictions
-from mmcl.eval.mllm_cl_scorers import (
+from mmcl.benchmarks.mllm_cl.scorers import (
     mllmcl_ai2d,
     mllmcl_cvbench,
     mllmcl_fin,
@@ -17,6 +15,8 @@ from mmcl.eval.mllm_cl_scorers import (
     mllmcl_pvqa,
     mllmcl_sci,
 )
+from mmcl.data.sample import Sample, Task
+from mmcl.eval.evaluator import score_predictions
 from mmcl.eval.scorers import SCORERS, call_scorer, get_scorer, needs_sample, sample_aware, score
 
 MLLMCL = ["mllmcl_ai2d", "mllmcl_pvqa", "mllmcl_fin", "mllmcl_sci", "mllmcl_ocr", "mllmcl_cvbench"]

@@ -8,7 +8,7 @@ import pytest
 
 from mmcl.benchmarks import BENCHMARKS
 from mmcl.benchmarks.builtin import benchmark_names
-from mmcl.benchmarks.mllm_cl_synth import (
+from mmcl.benchmarks.mllm_cl.synth import (
     ACL_NAME,
     DCL_NAME,
     GUI_BOXES,
@@ -19,7 +19,8 @@ from mmcl.benchmarks.mllm_cl_synth import (
 )
 from mmcl.config import BenchmarkConfig, ConfigError
 from mmcl.pretrain.data import MARK_NAMES
-from mmcl.synth.draw import COLOUR_NAMES, parse_boxes
+from mmcl.synth.boxes import parse_formatted_boxes
+from mmcl.synth.draw import COLOUR_NAMES
 from mmcl.synth.shapes import SHAPES
 
 DCL_TASKS = ["RS", "Med", "AD", "Sci", "Fin"]
@@ -96,7 +97,7 @@ def test_box_answers_parse() -> None:
     boxes = [s for s in gui.train + gui.test if s.meta["qtype"] == "box"]
     assert boxes
     for s in boxes:
-        (box,) = parse_boxes(s.answers[0])
+        (box,) = parse_formatted_boxes(s.answers[0])
         x1, y1, x2, y2 = box
         assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
         assert "box" in s.question

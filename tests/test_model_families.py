@@ -43,7 +43,7 @@ def _tokenizer(specials: list[str], pad: str, eos: str, bos: str | None = None, 
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from mmcl.benchmarks.msvqa_synth import tokenizer_corpus
+    from mmcl.benchmarks.msvqa.synth import tokenizer_corpus
     from mmcl.models.tokenizer import PRETOKENIZE_PATTERN
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))

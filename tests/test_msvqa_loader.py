@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import mmcl.benchmarks.msvqa  # noqa: F401  (registers "msvqa")
+import mmcl.benchmarks.msvqa.loader  # noqa: F401  (registers "msvqa")
 from mmcl.benchmarks import BENCHMARKS
 from mmcl.benchmarks.builtin import build_benchmark
-from mmcl.benchmarks.msvqa import map_scenario, read_boxes, validate_msvqa
+from mmcl.benchmarks.msvqa.loader import map_scenario, read_boxes, validate_msvqa
 from mmcl.cli import app
 from mmcl.config import BenchmarkConfig, ConfigError, load_config
 from mmcl.data.errors import DataError

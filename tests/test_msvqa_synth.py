@@ -14,7 +14,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mmcl.benchmarks import BENCHMARKS
-from mmcl.benchmarks.msvqa_synth import (
+from mmcl.benchmarks.msvqa.synth import (
     QTYPES,
     SCENARIO_SPECS,
     SCENARIOS,
@@ -28,16 +28,8 @@ from mmcl.benchmarks.msvqa_synth import (
 )
 from mmcl.config import BenchmarkConfig
 from mmcl.pretrain.data import MARK_NAMES, caption_samples, say_samples
-from mmcl.synth.draw import (
-    COLOUR_NAMES,
-    GLYPHS,
-    PALETTE,
-    boxes_overlap,
-    draw_glyph,
-    format_box,
-    format_boxes,
-    parse_boxes,
-)
+from mmcl.synth.boxes import boxes_overlap, format_box, format_boxes, parse_formatted_boxes
+from mmcl.synth.draw import COLOUR_NAMES, GLYPHS, PALETTE, draw_glyph
 from mmcl.synth.shapes import SHAPES
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -197,7 +189,7 @@ def test_answers_match_meta(tasks) -> None:
                 assert ans == ("yes" if shown == {cat} else "no")
             else:
                 assert len(objs) == 1 and shown == {cat} and ans == format_box(objs[0]["box"])
-                assert parse_boxes(ans) == [pytest.approx(tuple(objs[0]["box"]), abs=0.006)]
+                assert parse_formatted_boxes(ans) == [pytest.approx(tuple(objs[0]["box"]), abs=0.006)]
                 assert s.question == f"Where is the {cat}? Answer with a box."
 
 
@@ -283,7 +275,7 @@ def test_tokenizer_corpus_covers_texts(tasks) -> None:
 def test_format_box() -> None:
     assert format_box([0.12, 0.5, 0.3125, 0.69]) == "[0.12, 0.50, 0.31, 0.69]"
     assert format_boxes([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]]) == "[0.00, 0.00, 0.50, 0.50]; [0.50, 0.50, 1.00, 1.00]"
-    assert parse_boxes("[0.00, 0.00, 0.50, 0.50]; [0.5,0.5,1,1]") == [(0, 0, 0.5, 0.5), (0.5, 0.5, 1, 1)]
+    assert parse_formatted_boxes("[0.00, 0.00, 0.50, 0.50]; [0.5,0.5,1,1]") == [(0, 0, 0.5, 0.5), (0.5, 0.5, 1, 1)]
 
 
 @pytest.mark.parametrize("name", sorted(GLYPHS))

@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+import mmcl.benchmarks.builtin  # noqa: F401  registers the protocols
+from mmcl.benchmarks.msvqa.protocol import compare_protocol, msvqa_summary, render_msvqa_markdown
 from mmcl.cli import app
+from mmcl.registry import UnknownNameError
 from mmcl.report.markdown import render_report
-from mmcl.report.protocol import compare_protocol, msvqa_summary, render_msvqa_markdown
+from mmcl.report.protocols import PROTOCOLS
 
 # Five tasks: two per scenario in high-altitude and underwater (QA then grounding), and one
 # indoor task that declares neither vqa_score nor an F1 scorer (exact_match only).
@@ -221,8 +224,8 @@ def test_compare_protocol_mean_and_std_over_seeds(tmp_path: Path) -> None:
     assert overall["forgetting_vqa"].mean == pytest.approx(0.25)
     assert overall["last_f1"].mean == pytest.approx(0.525) and overall["last_f1"].std == 0.0
     assert group.scopes["indoor"]["last_vqa"].mean is None
-    with pytest.raises(ValueError, match="unknown protocol 'coin'"):
-        compare_protocol(runs, protocol="coin")
+    with pytest.raises(UnknownNameError, match="unknown protocol 'msvq'. Did you mean 'msvqa'"):
+        PROTOCOLS.get("msvq")
 
 
 def test_cli_compare_protocol(tmp_path: Path) -> None:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+import mmcl.benchmarks.builtin  # noqa: F401  registers the benchmarks' scorers (mllmcl_*, cnext_*)
 from mmcl.eval.scorers import (
     SCORERS,
     box_f1,
     contains,
     exact_match,
     get_scorer,
-    iou,
     normalize_answer,
-    parse_boxes,
     parse_number,
     relaxed_numeric,
     score,
@@ -21,6 +20,7 @@ from mmcl.eval.scorers import (
     vqa_score,
 )
 from mmcl.registry import UnknownNameError
+from mmcl.synth.boxes import iou, parse_boxes
 
 VQA_REFS = ["2", "2", "two", "2", "2", "3", "2", "2", "2", "2"]
 
@@ -33,10 +33,10 @@ def test_all_scorers_registered() -> None:
     core += ["vqa_score_normalized", "chartqa_relaxed"]
     mllm_cl = ["mllmcl_ai2d", "mllmcl_pvqa", "mllmcl_fin", "mllmcl_sci", "mllmcl_ocr", "mllmcl_cvbench"]
     mllm_cl += ["mllmcl_ocr_strict", "mllmcl_cvbench_strict"]
-    cnext = ["cnext_text", "cnext_ocrvqa", "cnext_grounding"]  # mmcl.eval.continual_next
+    cnext = ["cnext_text", "cnext_ocrvqa", "cnext_grounding"]  # mmcl.benchmarks.continual_next.scorers
     cnext += ["cnext_text_lenient", "cnext_ocrvqa_lenient", "cnext_grounding_lenient"]
-    cnext += ["cnext_t2i", "cnext_edit"]  # mmcl.eval.image_scorers
-    assert SCORERS.names() == sorted(core + mllm_cl + cnext)  # mllmcl_*: mmcl.eval.mllm_cl_scorers
+    cnext += ["cnext_t2i", "cnext_edit"]  # mmcl.benchmarks.continual_next.image_scorers
+    assert SCORERS.names() == sorted(core + mllm_cl + cnext)  # mllmcl_*: mmcl.benchmarks.mllm_cl.scorers
     assert get_scorer("vqa_score") is vqa_score
     assert score("exact_match", "Paris.", ["paris"]) == 1.0
 

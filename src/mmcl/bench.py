@@ -160,7 +160,7 @@ def settings(quick: bool) -> BenchSettings:
 
 def make_benchmark(names: Sequence[str], train_size: int, test_size: int, seed: int = 0) -> Benchmark:
     """An msvqa-synth stream of the named tasks with small splits."""
-    from mmcl.benchmarks.msvqa_synth import BENCHMARK_NAME, make_task
+    from mmcl.benchmarks.msvqa.synth import BENCHMARK_NAME, make_task
 
     return Benchmark(BENCHMARK_NAME, [make_task(n, seed, train_size, test_size) for n in names])
 
@@ -614,7 +614,7 @@ def bench_scaling_method(name: str, s: BenchSettings, log: Log) -> dict[str, Any
     """Run ``max(s.scaling_tasks)`` stages of ``name``; measure a stage at each T of ``s.scaling_tasks``."""
     from accelerate import Accelerator
 
-    from mmcl.benchmarks.msvqa_synth import MSVQASynthOptions, task_order
+    from mmcl.benchmarks.msvqa.synth import MSVQASynthOptions, task_order
     from mmcl.config import TrainConfig
     from mmcl.train.encode import Encoder
     from mmcl.train.loop import train_on
@@ -743,7 +743,7 @@ def stream_of(T: int, train_size: int, test_size: int) -> Benchmark:
     """An msvqa-synth stream of T tasks: the default order, repeated under new names past its 20 tasks."""
     from dataclasses import replace
 
-    from mmcl.benchmarks.msvqa_synth import MSVQASynthOptions, make_task, task_order
+    from mmcl.benchmarks.msvqa.synth import MSVQASynthOptions, make_task, task_order
 
     order = task_order(MSVQASynthOptions())
     tasks = []

@@ -305,30 +305,23 @@ def compare(
     run_dirs: list[Path],
     scorer: Annotated[str, typer.Option(help="Track to compare (default: each task's primary scorer).")] = "primary",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write compare.md and compare.json here.")] = None,
-    protocol: Annotated[str | None, typer.Option(help="Instead: a benchmark protocol's summary: msvqa (per scenario) or cnext (Continual-NExT metrics); writes protocol-<name>.md/.json with -o.")] = None,
+    protocol: Annotated[str | None, typer.Option(help="Instead: a benchmark protocol's summary (`mmcl list` shows the protocols, e.g. per-scenario VQA/F1 or the Continual-NExT metrics); writes protocol-<name>.md/.json with -o.")] = None,
 ) -> None:
     """Side-by-side table of runs (seeds of the same config grouped as mean ± std)."""
     from mmcl.report import compare as cmp
 
-    if protocol == "cnext":
-        from mmcl.report.continual_next import compare_cnext
-
-        try:
-            res = compare_cnext(list(run_dirs), out_dir=output)
-        except (ValueError, OSError) as e:
-            _fail(str(e))
-        out.print(res["markdown"])
-        return
     if protocol is not None:
-        from mmcl.report import protocol as proto
+        import mmcl.benchmarks.builtin  # noqa: F401  registers the benchmarks' protocols
+        from mmcl.registry import UnknownNameError
+        from mmcl.report.protocols import PROTOCOLS
 
         try:
-            summary = proto.compare_protocol(run_dirs, protocol=protocol, out_dir=output)
-        except (ValueError, OSError) as e:
+            compared = PROTOCOLS.get(protocol).compare(run_dirs, out_dir=output)
+        except (UnknownNameError, ValueError, OSError) as e:
             _fail(str(e))
-        out.print(proto.render_protocol_rich(summary))
-        if output:
-            console.print(f"wrote {output / f'protocol-{protocol}.md'} and {output / f'protocol-{protocol}.json'}")
+        out.print(compared.shown)
+        if compared.files:
+            console.print(f"wrote {' and '.join(str(f) for f in compared.files)}")
         return
     try:
         table = cmp.compare_runs(run_dirs, scorer=scorer)
@@ -342,19 +335,22 @@ def compare(
 
 @app.command("validate-data")
 def validate_data(
-    configs: Annotated[list[Path], typer.Argument(help="YAML config file(s) with a `benchmark: {name: msvqa, ...}` section.")],
+    configs: Annotated[list[Path], typer.Argument(help="YAML config file(s) with a `benchmark:` section naming a benchmark with a data validator (`mmcl list`).")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set benchmark.path=/data/msvqa")] = None,
     images: Annotated[bool, typer.Option("--images/--no-images", help="Open every image (slow on a full dataset).")] = True,
 ) -> None:
-    """Check MSVQA data: per scenario/task counts, boxes, missing images, unmapped scenario values, every problem."""
-    from mmcl.benchmarks.msvqa import BENCHMARK_NAME, validate_msvqa
+    """Check a benchmark's data without training (MSVQA: per scenario/task counts, boxes, missing images,
+    unmapped scenario values, every problem)."""
+    import mmcl.benchmarks.builtin  # noqa: F401  registers the data validators
+    from mmcl.benchmarks import DATA_VALIDATORS
     from mmcl.config import ConfigError, load_config
 
     try:
         cfg = load_config(list(configs), list(set_ or []))
-        if cfg.benchmark.name != BENCHMARK_NAME:
-            _fail(f"validate-data checks benchmark {BENCHMARK_NAME!r}, not {cfg.benchmark.name!r} (use mmcl run --dry-run)")
-        report = validate_msvqa(cfg.benchmark, check_images=images)
+        if cfg.benchmark.name not in DATA_VALIDATORS:
+            checked = ", ".join(repr(n) for n in DATA_VALIDATORS.names())
+            _fail(f"validate-data checks benchmark {checked}, not {cfg.benchmark.name!r} (use mmcl run --dry-run)")
+        report = DATA_VALIDATORS.get(cfg.benchmark.name)(cfg.benchmark, check_images=images)
     except ConfigError as e:
         _fail(str(e))
     out.print(report.render(), markup=False, highlight=False, soft_wrap=True)
@@ -368,6 +364,7 @@ def report(
     html: Annotated[Path | None, typer.Option("--html", help="Instead: write ONE self-contained HTML page of all the runs here (figures also as PNGs in <stem>-figures/ beside it); run directories are only read.")] = None,
 ) -> None:
     """Rewrite each run's report.md, heatmaps and matrix.csv from its results.json (or, with --html, one HTML page)."""
+    from mmcl.benchmarks.builtin import build_benchmark  # also registers the benchmarks' protocols
     from mmcl.report.markdown import write_report
     from mmcl.report.results import load_results, write_matrix_csv
 
@@ -375,7 +372,7 @@ def report(
         from mmcl.report.html import write_html_report
 
         try:
-            out.print(str(write_html_report(run_dirs, html)))
+            out.print(str(write_html_report(run_dirs, html, rebuild=build_benchmark)))
         except (ValueError, OSError) as e:
             _fail(str(e))
         return
@@ -390,15 +387,19 @@ def report(
 
 @app.command("list")
 def list_names() -> None:
-    """List the registered benchmarks, methods, scorers and model presets."""
-    from mmcl.benchmarks.builtin import benchmark_names
+    """List the registered benchmarks, methods, scorers, protocols and model presets."""
+    from mmcl.benchmarks import DATA_VALIDATORS
+    from mmcl.benchmarks.builtin import benchmark_names  # registers scorers, protocols
     from mmcl.eval.scorers import SCORERS
     from mmcl.methods import METHODS
     from mmcl.models.loader import PRESETS
+    from mmcl.report.protocols import PROTOCOLS
 
     out.print(f"benchmarks: {', '.join(benchmark_names())}")
     out.print(f"methods:    {', '.join(METHODS.names())}")
     out.print(f"scorers:    {', '.join(SCORERS.names())}")
+    out.print(f"protocols:  {', '.join(PROTOCOLS.names())} (mmcl compare --protocol NAME)")
+    out.print(f"data validators: {', '.join(DATA_VALIDATORS.names())} (mmcl validate-data)")
     out.print(f"models:     {', '.join(sorted(PRESETS))} (or model.path=<local HF dir>)")
 
 

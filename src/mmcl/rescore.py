@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import mmcl.benchmarks.builtin  # noqa: F401  registers the benchmarks' scorers (cnext_*, mllmcl_*) and protocols
 from mmcl.data.errors import DataError, DataProblem
 from mmcl.eval.scorers import Scorer, call_scorer, get_scorer, needs_sample, sample_from_context
 from mmcl.report.markdown import write_report

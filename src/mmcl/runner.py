@@ -65,8 +65,10 @@ from mmcl.methods import METHODS, Method, RunContext, build_method
 from mmcl.methods.base import count_trainable
 from mmcl.models.dual import boi_token_id, supports_image_output
 from mmcl.models.loader import load_model
-from mmcl.report.continual_next import continual_next_summary, modality_pair
-from mmcl.report.results import compute_track_metrics
+from mmcl.report.html import write_html_report
+from mmcl.report.markdown import write_report
+from mmcl.report.protocols import protocols
+from mmcl.report.results import compute_track_metrics, write_matrix_csv
 from mmcl.train import feature_cache
 from mmcl.train.encode import Encoded, Encoder
 from mmcl.train.loop import TrainStats, num_update_steps, train_on
@@ -798,10 +800,8 @@ class Runner:
             results["feature_cache"] = self.feature_cache.summary()
         if self.cfg.eval.matrix == "sampled":
             results["sampling"] = self._sampling(state)
-        pairs = [modality_pair(t) for t in tasks]
-        if any(p is not None for p in pairs):  # Continual-NExT-style streams declare each task's modalities
-            results["modality_pairs"] = pairs
-            results["continual_next"] = continual_next_summary(results)
+        for protocol in protocols():  # a benchmark's own summary (e.g. Continual-NExT's, under "continual_next")
+            results.update(protocol.run_results(tasks, results))
         return results
 
     def _sampling(self, state: RunState) -> dict[str, Any]:
@@ -824,12 +824,9 @@ class Runner:
         }
 
     def _write_tables(self, results: dict[str, Any]) -> None:
-        from mmcl.report.markdown import write_report
-        from mmcl.report.results import write_matrix_csv
-
         write_matrix_csv(self.output_dir, results)
         if self.cfg.output.report:
-            from mmcl.report.html import write_html_report
-
             write_report(self.output_dir, results)
-            write_html_report([self.output_dir], self.output_dir / "report.html", benchmark=self.benchmark)
+            write_html_report(
+                [self.output_dir], self.output_dir / "report.html", benchmark=self.benchmark, rebuild=build_benchmark
+            )

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from mmcl.config import MAX_ERRORS_SHOWN, BenchmarkConfig, ConfigError, shown
 from mmcl.data.sample import Sample, Task
+from mmcl.eval.scorers import SCORERS
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -109,8 +110,6 @@ def apply_stream_options(tasks: list[Task], cfg: BenchmarkConfig, seed: int | No
 
 def check_scorer_names(scorers: Sequence[str], where: str) -> None:
     """Raise ConfigError if a scorer name is not registered (checked before any data is read)."""
-    from mmcl.eval.scorers import SCORERS
-
     for name in scorers:
         if name not in SCORERS:
             raise ConfigError(f"{where}: " + _unknown("unknown scorer", name, SCORERS.names()))

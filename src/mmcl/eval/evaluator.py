@@ -12,6 +12,7 @@ import torch
 from mmcl.data.sample import Task
 from mmcl.eval.dual import DEFAULT_CFG_SCALE, ImageOutput, generate_dual_answers
 from mmcl.eval.generate import Shard, generate_answers
+from mmcl.eval.outputs import Expectation, Output, classify_sample, judged_content
 from mmcl.eval.scorers import call_scorer, get_scorer, sample_context
 from mmcl.methods.base import Method
 from mmcl.train.encode import Encoded
@@ -68,13 +69,11 @@ ERROR_TRACKS = {"hallucination": "hal", "instruction_unfollowing": "iuf", "other
 def add_error_classes(task: Task, predictions: list[str], rows: list[dict[str, Any]]) -> None:
     """Class each answer of a task that declares ``meta["expect"]`` (Continual-NExT's metrics beyond forgetting).
 
-    ``meta["expect"]`` holds :class:`~mmcl.eval.continual_next.Expectation` fields; an answer is
+    ``meta["expect"]`` holds :class:`~mmcl.eval.outputs.Expectation` fields; an answer is
     correct when its primary score is at least ``meta["correct_at"]`` (default 1). Each row gets
     ``error_class`` and the tracks ``hal``, ``iuf``, ``oth`` (0/1), whose means per cell are the
     rates that ``mmcl.report`` averages into Avg.HAL, Avg.IUF and Avg.OTH.
     """
-    from mmcl.eval.continual_next import Expectation, Output, classify_sample
-
     try:
         expected = Expectation(**task.meta["expect"])
     except (TypeError, ValueError) as e:
@@ -84,8 +83,6 @@ def add_error_classes(task: Task, predictions: list[str], rows: list[dict[str, A
         if isinstance(pred, ImageOutput):
             content = None
             if expected.modality == "image":
-                from mmcl.eval.image_scorers import judged_content
-
                 content = judged_content(pred.image)
             out = Output(text=None, image=True, image_content=content)
         else:

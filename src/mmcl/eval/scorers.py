@@ -22,11 +22,13 @@ Registered scorers:
   ``relaxed_correctness`` computes it.
 - ``contains``: 1.0 if a normalised reference occurs, token-aligned, in the
   normalised prediction.
-- ``mllmcl_ai2d``, ``mllmcl_pvqa``, ``mllmcl_fin``, ``mllmcl_sci``, ``mllmcl_ocr``,
-  ``mllmcl_cvbench``: the official MLLM-CL rules, in :mod:`mmcl.eval.mllm_cl_scorers`
-  (imported at the bottom of this module, so :func:`get_scorer` finds them).
-- ``cnext_text``, ``cnext_ocrvqa``, ``cnext_grounding``: the Continual-NExT (MAGE) rules, and their
-  ``*_lenient`` variants, in :mod:`mmcl.eval.continual_next` (also imported at the bottom).
+
+A benchmark's own scorers live in its package and register themselves in :data:`SCORERS` when
+it is imported (``import mmcl.benchmarks.builtin`` imports every built-in benchmark): the
+official MLLM-CL rules (``mllmcl_*``, :mod:`mmcl.benchmarks.mllm_cl.scorers`) and the
+Continual-NExT (MAGE) rules (``cnext_*``, :mod:`mmcl.benchmarks.continual_next.scorers` and
+:mod:`mmcl.benchmarks.continual_next.image_scorers`). Whoever looks a scorer up by name imports
+``mmcl.benchmarks.builtin`` first.
 
 Names after an official script give exactly what that script gives (quirks included); mmcl's
 better-behaved variants have names of their own. ``docs/scorers.md`` lists which is which.
@@ -48,17 +50,14 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from mmcl.data.sample import Sample
 from mmcl.registry import Registry
-
-if TYPE_CHECKING:
-    from mmcl.data.sample import Sample
+from mmcl.synth.boxes import Box, iou, parse_boxes
 
 Scorer = Callable[[str, Sequence[str]], float]
 """A pure function ``(prediction, references) -> score in [0, 1]``."""
-
-Box = tuple[float, float, float, float]
 
 SCORERS: Registry[Scorer] = Registry("scorer")
 
@@ -124,8 +123,6 @@ def sample_from_context(row: dict[str, Any]) -> Sample:
 
     It has the id, question and answers of the row and the saved context as ``meta``; no image.
     """
-    from mmcl.data.sample import Sample
-
     return Sample(
         id=str(row.get("question_id", "")),
         question=str(row.get("question", "")),
@@ -156,8 +153,8 @@ def score(name: str, prediction: str, references: Sequence[str], sample: Sample 
     return call_scorer(get_scorer(name), prediction, references, sample)
 
 
-def _as_refs(references: Sequence[str] | str) -> list[str]:
-    """A list of references; a bare string is one reference, an empty list is an error."""
+def as_refs(references: Sequence[str] | str) -> list[str]:
+    """A list of references; a bare string is one reference, an empty list is an error (every scorer calls it)."""
     refs = [references] if isinstance(references, str) else list(references)
     if not refs:
         raise ValueError("a scorer needs at least one reference answer, got none")
@@ -204,7 +201,7 @@ def exact_match(prediction: str, references: Sequence[str]) -> float:
     "3.0" and "1,000" vs "1000" score 0.0 here; ``relaxed_numeric`` accepts them.
     """
     pred = normalize_answer(prediction)
-    return max(float(pred == normalize_answer(ref)) for ref in _as_refs(references))
+    return max(float(pred == normalize_answer(ref)) for ref in as_refs(references))
 
 
 # ---------------------------------------------------------------------------
@@ -347,7 +344,7 @@ def vqa_score(prediction: str, references: Sequence[str]) -> float:
     ``#matches / N`` on normalised answers (= :func:`vqa_score_normalized`): with one
     reference a match scores 1.0; with 2 references, one match scores 0.5.
     """
-    refs = [_vqa_clean(r) for r in _as_refs(references)]
+    refs = [_vqa_clean(r) for r in as_refs(references)]
     if len(refs) <= 3:
         return _vqa_few_references(prediction, refs)
     pred = _vqa_clean(prediction)
@@ -368,7 +365,7 @@ def vqa_score_normalized(prediction: str, references: Sequence[str]) -> float:
     before it followed the official script, except that ``\\d`` in the period and comma rules is
     now an ASCII digit (as in the script) rather than any Unicode digit.
     """
-    refs = _as_refs(references)
+    refs = as_refs(references)
     if len(refs) <= 3:
         return _vqa_few_references(prediction, refs)
     return _leave_one_out(vqa_normalize(prediction), [vqa_normalize(r) for r in refs])
@@ -410,88 +407,12 @@ def token_f1(prediction: str, references: Sequence[str]) -> float:
     articles are removed) — a documented choice, so that option "A" is not erased.
     """
     pred = _squad_tokens(prediction)
-    return max(_token_f1_single(pred, _squad_tokens(ref)) for ref in _as_refs(references))
+    return max(_token_f1_single(pred, _squad_tokens(ref)) for ref in as_refs(references))
 
 
 # ---------------------------------------------------------------------------
 # box_f1
 # ---------------------------------------------------------------------------
-
-# A number not glued to a word or to another number ("x1" and "3rd" yield nothing
-# for the "1"/"3"; in "10-20" the "-" is a separator, not a sign).
-_NUM_RE = re.compile(r"(?<![\w.])-?(?:\d+(?:\.\d*)?|\.\d+)(?![\w])")
-_SEP_CHARS = " \t\r\n,;[](){}"
-_SEP_ONLY_RE = re.compile(r"[\s,;\[\](){}]*")
-_INNER_GROUP_RE = re.compile(r"[\[({]([^\[\](){}]*)[\])}]")
-
-
-def _bracket_groups(text: str) -> list[Box]:
-    """Boxes from innermost bracket groups: ``[x1,y1,x2,y2]`` or two points ``(x1,y1),(x2,y2)``."""
-    boxes: list[Box] = []
-    pending_point: tuple[float, float] | None = None
-    for group in _INNER_GROUP_RE.finditer(text):
-        nums = [float(m.group()) for m in _NUM_RE.finditer(group.group(1))]
-        if len(nums) == 4:
-            boxes.append((nums[0], nums[1], nums[2], nums[3]))
-            pending_point = None
-        elif len(nums) == 2:
-            if pending_point is None:
-                pending_point = (nums[0], nums[1])
-            else:
-                boxes.append((*pending_point, nums[0], nums[1]))
-                pending_point = None
-        else:
-            pending_point = None
-    return boxes
-
-
-def parse_boxes(text: str) -> list[Box]:
-    """Every box ``(x1, y1, x2, y2)`` written in ``text``, in order of appearance.
-
-    Numbers separated only by spaces, ``,``, ``;`` and brackets form a run; a
-    run of 4k numbers gives k boxes, so "[1, 2, 3, 4]", "(1,2),(3,4)",
-    "1 2 3 4; 5 6 7 8" and "[[1,2,3,4],[5,6,7,8]]" all parse. A run whose
-    length is not a multiple of 4 (e.g. "box 1 [10, 20, 30, 40]") is read by
-    its innermost brackets: a group of 4 numbers is a box, two consecutive
-    groups of 2 numbers are two corners. Text such as "no box" gives ``[]``.
-    Coordinates are returned as written (no rescaling between pixel and
-    normalised coordinates).
-    """
-    boxes: list[Box] = []
-    matches = list(_NUM_RE.finditer(text))
-    runs: list[list[re.Match[str]]] = []
-    for m in matches:
-        if runs and _SEP_ONLY_RE.fullmatch(text, runs[-1][-1].end(), m.start()):
-            runs[-1].append(m)
-        else:
-            runs.append([m])
-    for run in runs:
-        if len(run) % 4 == 0:
-            nums = [float(m.group()) for m in run]
-            boxes.extend((nums[i], nums[i + 1], nums[i + 2], nums[i + 3]) for i in range(0, len(nums), 4))
-            continue
-        start, end = run[0].start(), run[-1].end()
-        while start > 0 and text[start - 1] in _SEP_CHARS:
-            start -= 1
-        while end < len(text) and text[end] in _SEP_CHARS:
-            end += 1
-        boxes.extend(_bracket_groups(text[start:end]))
-    return boxes
-
-
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two ``(x1, y1, x2, y2)`` boxes; 0.0 when the union is empty.
-
-    A box with x2 < x1 or y2 < y1 has zero area.
-    """
-    ax1, ay1, ax2, ay2 = a
-    bx1, by1, bx2, by2 = b
-    inter = max(0.0, min(ax2, bx2) - max(ax1, bx1)) * max(0.0, min(ay2, by2) - max(ay1, by1))
-    area_a = max(0.0, ax2 - ax1) * max(0.0, ay2 - ay1)
-    area_b = max(0.0, bx2 - bx1) * max(0.0, by2 - by1)
-    union = area_a + area_b - inter
-    return inter / union if union > 0 else 0.0
-
 
 def _max_matching(pred: list[Box], ref: list[Box], threshold: float) -> int:
     """Size of a maximum one-to-one matching of pred to ref boxes with IoU >= threshold.
@@ -525,7 +446,7 @@ def _box_f1_single(pred: list[Box], ref: list[Box]) -> float:
 
 @SCORERS.register("box_f1")
 def box_f1(prediction: str, references: Sequence[str]) -> float:
-    """Grounding F1: boxes parsed with :func:`parse_boxes`, matched one-to-one at IoU >= 0.5.
+    """Grounding F1: boxes read with :func:`mmcl.synth.boxes.parse_boxes`, matched one-to-one at IoU >= 0.5.
 
     Each reference string is one complete answer (it may hold several boxes).
     The matching is a maximum-cardinality bipartite matching (exact), so the
@@ -534,7 +455,7 @@ def box_f1(prediction: str, references: Sequence[str]) -> float:
     No boxes in both -> 1.0; in exactly one -> 0.0. Max over references.
     """
     pred = parse_boxes(prediction)
-    return max(_box_f1_single(pred, parse_boxes(ref)) for ref in _as_refs(references))
+    return max(_box_f1_single(pred, parse_boxes(ref)) for ref in as_refs(references))
 
 
 # ---------------------------------------------------------------------------
@@ -596,7 +517,7 @@ def relaxed_numeric(prediction: str, references: Sequence[str]) -> float:
     450 generated cases it disagrees on 128 (percent signs, thousands commas, target 0, number
     words): a documented choice, for judging a model; compare with a paper via ``chartqa_relaxed``.
     """
-    return max(_relaxed_single(prediction, ref) for ref in _as_refs(references))
+    return max(_relaxed_single(prediction, ref) for ref in as_refs(references))
 
 
 # ---------------------------------------------------------------------------
@@ -639,7 +560,7 @@ def chartqa_relaxed(prediction: str, references: Sequence[str]) -> float:
     vs "inf" is wrong (inf - inf is nan) and so is anything vs "nan"; surrounding spaces
     are ignored by the number test but not by the string test.
     """
-    return max(float(_chartqa_single(prediction, ref)) for ref in _as_refs(references))
+    return max(float(_chartqa_single(prediction, ref)) for ref in as_refs(references))
 
 
 # ---------------------------------------------------------------------------
@@ -670,10 +591,6 @@ def contains(prediction: str, references: Sequence[str]) -> float:
     pred = _TOKEN_RE.findall(normalize_answer(prediction))
     return max(
         float(_contains_tokens(pred, _TOKEN_RE.findall(normalize_answer(ref))))
-        for ref in _as_refs(references)
+        for ref in as_refs(references)
     )
 
-
-# The official MLLM-CL scorers and the Continual-NExT (cnext_*) scorers (text and image) register themselves
-# in SCORERS on import. At the bottom so that everything they import from this module exists already.
-from mmcl.eval import continual_next, image_scorers, mllm_cl_scorers  # noqa: E402, F401

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from mmcl.benchmarks.msvqa_synth import MARKINGS, marking_box
+from mmcl.benchmarks.msvqa.synth import MARKINGS, marking_box
 from mmcl.data.sample import Sample
 from mmcl.synth.draw import COLOUR_NAMES, PALETTE, Colour, draw_glyph
 from mmcl.synth.shapes import REGIONS, SHAPES

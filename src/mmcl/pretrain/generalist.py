@@ -32,7 +32,7 @@ from accelerate import Accelerator
 from rich.console import Console
 
 from mmcl.benchmarks.builtin import build_benchmark
-from mmcl.benchmarks.msvqa_synth import (
+from mmcl.benchmarks.msvqa.synth import (
     GROUNDING_MAX_NEW_TOKENS,
     GROUNDING_SCORERS,
     QA_MAX_NEW_TOKENS,

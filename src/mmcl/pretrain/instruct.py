@@ -5,9 +5,9 @@ objects, asked every question form the built-in streams ask. Here:
 
 - objects: the 16 categories of ``msvqa-synth`` (airplane ... cup) and five generic shapes
   (circle, square, triangle, diamond, ring), drawn with the shared glyphs and markings of
-  :mod:`mmcl.synth.draw` / :mod:`mmcl.benchmarks.msvqa_synth`, **large** (a single
+  :mod:`mmcl.synth.draw` / :mod:`mmcl.benchmarks.msvqa.synth`, **large** (a single
   object's long side is 7-11 of 16 box units, against 2-7 in the streams), upright (never the
-  nadir view's rotation), on a **plain** background (:class:`~mmcl.benchmarks.msvqa_synth.SceneRenderer`
+  nadir view's rotation), on a **plain** background (:class:`~mmcl.benchmarks.msvqa.synth.SceneRenderer`
   in its canonical mode: no field, water, street or room, no tint, no blur);
 - questions: the streams' own templates and answer forms: counts ("How many <plural> are in the
   image?" -> "1".."6"), category names ("What kind of object is in the image?"), colours ("What
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmcl.benchmarks.msvqa_synth import (
+from mmcl.benchmarks.msvqa.synth import (
     QTYPES,
     SCENARIO_SPECS,
     UNITS,
@@ -40,7 +40,8 @@ from mmcl.benchmarks.msvqa_synth import (
     question_text,
 )
 from mmcl.data.sample import Sample
-from mmcl.synth.draw import COLOUR_NAMES, Colour, format_box
+from mmcl.synth.boxes import format_box
+from mmcl.synth.draw import COLOUR_NAMES, Colour
 
 INSTRUCT_TASK = "generalist"
 GENERIC_SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "ring")

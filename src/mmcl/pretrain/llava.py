@@ -29,8 +29,8 @@ import torch
 from accelerate import Accelerator
 from rich.console import Console
 
-from mmcl.benchmarks.msvqa_synth import answer_vocabulary
-from mmcl.benchmarks.msvqa_synth import tokenizer_corpus as msvqa_corpus
+from mmcl.benchmarks.msvqa.synth import answer_vocabulary
+from mmcl.benchmarks.msvqa.synth import tokenizer_corpus as msvqa_corpus
 from mmcl.config import RunConfig, TrainConfig
 from mmcl.data.sample import Benchmark, Sample, Task
 from mmcl.eval.evaluator import score_predictions

@@ -14,13 +14,15 @@ Sections, in order:
   (runs of the group with other tasks or another number of evaluated stages are left out of
   the mean, and the page says so).
 - **Forgetting curves**: per group, each task's primary score over the stages (same mean matrix).
-- **MSVQA protocol**: when some run has scenarios and a VQA/F1 track (:mod:`mmcl.report.protocol`).
+- **Benchmark protocols**: one section per registered protocol that has a table for some run
+  (:mod:`mmcl.report.protocols`; e.g. the MSVQA protocol for runs with scenarios and a VQA/F1 track).
 - **Cost**: time, parameters, peak memory and bytes held between tasks, mean ± std over seeds.
 - **Forgetting examples**: per group, from its first run with saved predictions, the tasks
   with the largest drop from their best score (after learning them, before the final stage)
   to their final score, and the test samples that were right at that best stage and wrong at
   the end (primary-scorer score >= 0.5 then < 0.5), with a thumbnail of the image. Predictions
-  store only the question id, so the benchmark is rebuilt from the run's ``config.yaml`` to
+  store only the question id, so the benchmark is rebuilt from the run's ``config.yaml`` (with
+  the ``rebuild`` function the caller passes, ``mmcl.benchmarks.builtin.build_benchmark``) to
   find the image; when that fails the rows are shown without thumbnails and the page says why.
 - **Config**: each run's ``config.yaml`` in a collapsible block.
 
@@ -34,7 +36,7 @@ import base64
 import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from html import escape
@@ -45,6 +47,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from mmcl import __version__
+from mmcl.config import RunConfig, load_config
 from mmcl.data.sample import Benchmark, Sample
 from mmcl.report.compare import Stat, fmt_stat, group_notes, group_runs
 from mmcl.report.figures import (
@@ -55,13 +58,7 @@ from mmcl.report.figures import (
     task_label,
 )
 from mmcl.report.markdown import METRIC_COLUMNS, METRIC_HELP, MISSING, fmt_score
-from mmcl.report.protocol import (
-    DEFINITIONS,
-    PROTOCOL_LABELS,
-    SUMMARY_KEYS,
-    compare_protocol,
-    has_msvqa_tracks,
-)
+from mmcl.report.protocols import HtmlTable, Protocol, protocols
 from mmcl.report.results import (
     METRIC_KEYS,
     Matrix,
@@ -406,26 +403,15 @@ def _curves_section(groups: list[RunGroup], sink: FigureSink) -> str:
     return _section("curves", "Forgetting curves", help_ + f'<div class="cards">{"".join(cards)}</div>')
 
 
-def _protocol_section(groups: list[RunGroup]) -> str | None:
-    dirs = [d for g in groups for d, r in g.members if has_msvqa_tracks(r)]
-    if not dirs:
+def _protocol_section(protocol: Protocol, table: HtmlTable | None, groups: list[RunGroup]) -> str | None:
+    if table is None:
         return None
-    cmp = compare_protocol(dirs)
-    rows = [
-        [
-            escape(f"{g.method} · {g.name}"),
-            str(g.n_seeds),
-            escape(scope),
-            *(fmt_stat(s[k], g.n_seeds) for k in SUMMARY_KEYS),
-        ]
-        for g in cmp.groups
-        for scope, s in g.scopes.items()
-    ]
-    body = _table(["group", "seeds", "scope", *(PROTOCOL_LABELS[k] for k in SUMMARY_KEYS)], rows, 3)
+    body = _table([escape(h) for h in table.header], [[escape(c) for c in r] for r in table.rows], table.text_columns)
     shown = {n for g in groups for n in group_notes(g.key, g.members)}  # already under Runs
-    body += "".join(_note(n) for n in cmp.notes if n not in shown)
-    body += f'<p class="help">Scores ×100, mean ± sample std over seeds. {_inline(DEFINITIONS)}</p>'
-    return _section("protocol", "MSVQA protocol", body)
+    body += "".join(_note(n) for n in table.notes if n not in shown)
+    if table.legend:
+        body += f'<p class="help">{_inline(table.legend)}</p>'
+    return _section(f"protocol-{protocol.name}", protocol.title, body)
 
 
 def _held_total(cost: dict[str, Any]) -> float | None:
@@ -590,16 +576,22 @@ def lost_examples(run_dir: Path, results: dict[str, Any], case: ForgettingCase, 
     return found[:limit]
 
 
+BenchmarkBuilder = Callable[[RunConfig], Benchmark]
+"""Builds a run's benchmark from its config (``mmcl.benchmarks.builtin.build_benchmark``)."""
+
+
 class SampleImages:
     """Finds test samples by question id in the benchmark rebuilt from a run's ``config.yaml``.
 
     Benchmarks are cached by their config section (seeds of one configuration share the data).
     A ``given`` benchmark (one the caller already holds, e.g. the runner at the end of a run) is
-    used instead of rebuilding for every run whose results name that benchmark.
+    used instead of rebuilding for every run whose results name that benchmark. ``rebuild``
+    builds the others (without it, only ``given`` is found).
     """
 
-    def __init__(self, given: Benchmark | None = None) -> None:
+    def __init__(self, given: Benchmark | None = None, rebuild: BenchmarkBuilder | None = None) -> None:
         self._cache: dict[str, dict[str, Sample] | str] = {}
+        self._rebuild = rebuild
         self._given = given
         self._given_index = {s.id: s for t in given.tasks for s in t.test} if given else {}
 
@@ -610,11 +602,10 @@ class SampleImages:
 
         ``benchmark`` is the run's benchmark name (from results.json), matched against ``given``.
         """
-        from mmcl.benchmarks.builtin import build_benchmark
-        from mmcl.config import load_config
-
         if self._given is not None and benchmark == self._given.name:
             return self._given_index, None
+        if self._rebuild is None:
+            return None, "no way to rebuild the benchmark was given"
         path = Path(run_dir) / "config.yaml"
         if not path.is_file():
             return None, f"{path} not found"
@@ -625,7 +616,7 @@ class SampleImages:
         key = cfg.benchmark.model_dump_json()
         if key not in self._cache:
             try:
-                bench = build_benchmark(cfg)
+                bench = self._rebuild(cfg)
                 self._cache[key] = {s.id: s for t in bench.tasks for s in t.test}
             except Exception as e:  # any failure of a benchmark factory only costs the thumbnails
                 self._cache[key] = f"benchmark {cfg.benchmark.name!r} cannot be rebuilt from {path}: {e}"
@@ -729,8 +720,10 @@ def _examples_for_group(group: RunGroup, images: SampleImages) -> str:
     return "".join(parts)
 
 
-def _examples_section(groups: list[RunGroup], benchmark: Benchmark | None) -> str:
-    images = SampleImages(benchmark)
+def _examples_section(
+    groups: list[RunGroup], benchmark: Benchmark | None, rebuild: BenchmarkBuilder | None
+) -> str:
+    images = SampleImages(benchmark, rebuild)
     intro = (
         f'<p class="help">Per group, the {TOP_FORGETTING_TASKS} tasks with the largest drop from their best '
         "primary score (after learning them, before the final stage) to their final score, and up to "
@@ -761,14 +754,20 @@ def _config_section(groups: list[RunGroup]) -> str:
 # ---------------------------------------------------------------- page
 
 
-def render_html(run_dirs: Sequence[str | Path], figures_dir: Path, benchmark: Benchmark | None = None) -> str:
+def render_html(
+    run_dirs: Sequence[str | Path],
+    figures_dir: Path,
+    benchmark: Benchmark | None = None,
+    rebuild: BenchmarkBuilder | None = None,
+) -> str:
     """The HTML page for the runs; writes its figures as PNG files into ``figures_dir``.
 
-    ``benchmark``: see :func:`write_html_report`.
+    ``benchmark``, ``rebuild``: see :func:`write_html_report`.
 
     Raises ``ResultsError`` for a bad run directory, ValueError for an empty list.
     """
     groups = load_groups(run_dirs)
+    runs = [m for g in groups for m in g.members]
     figures_dir.mkdir(parents=True, exist_ok=True)
     sink = FigureSink(figures_dir)
     sections = [
@@ -777,9 +776,12 @@ def render_html(run_dirs: Sequence[str | Path], figures_dir: Path, benchmark: Be
         ("comparison", "Method comparison", _comparison_section(groups, sink)),
         ("matrices", "Accuracy matrices", _matrices_section(groups, sink)),
         ("curves", "Forgetting curves", _curves_section(groups, sink)),
-        ("protocol", "MSVQA protocol", _protocol_section(groups)),
+        *(
+            (f"protocol-{p.name}", p.title, _protocol_section(p, p.html_table(runs), groups))
+            for p in protocols()
+        ),
         ("cost", "Cost", _cost_section(groups)),
-        ("examples", "Forgetting examples", _examples_section(groups, benchmark)),
+        ("examples", "Forgetting examples", _examples_section(groups, benchmark, rebuild)),
         ("config", "Config", _config_section(groups)),
     ]
     present = [(a, t, s) for a, t, s in sections if s]
@@ -806,14 +808,21 @@ def figures_dir_for(out: Path) -> Path:
     return out.parent / f"{out.stem}{FIGURES_SUFFIX}"
 
 
-def write_html_report(run_dirs: list[Path], out: Path, benchmark: Benchmark | None = None) -> Path:
+def write_html_report(
+    run_dirs: list[Path],
+    out: Path,
+    benchmark: Benchmark | None = None,
+    rebuild: BenchmarkBuilder | None = None,
+) -> Path:
     """Write the HTML report of the runs to ``out`` (atomically) and its figures next to it; return ``out``.
 
     Run directories are only read. ``benchmark``, when the caller already holds the runs'
     benchmark (the runner at the end of a run), is used for the example thumbnails instead of
-    rebuilding it from config.yaml, for the runs whose results.json names it. Raises
-    ``ResultsError`` for a bad run directory, ValueError for an empty list.
+    rebuilding it from config.yaml, for the runs whose results.json names it; ``rebuild``
+    (``mmcl.benchmarks.builtin.build_benchmark``) rebuilds the others, and without it their
+    examples have no thumbnails. Raises ``ResultsError`` for a bad run directory, ValueError for
+    an empty list.
     """
     out = Path(out)
-    atomic_write_text(out, render_html(run_dirs, figures_dir_for(out), benchmark))
+    atomic_write_text(out, render_html(run_dirs, figures_dir_for(out), benchmark, rebuild))
     return out

@@ -1,4 +1,7 @@
-"""``report.md`` for one run: metric table, task legend, accuracy matrices, heatmaps, cost.
+"""``report.md`` for one run: metric table, benchmark protocols, task legend, accuracy matrices, heatmaps, cost.
+
+A benchmark's own sections come from its protocol (:mod:`mmcl.report.protocols`; registered when
+``mmcl.benchmarks.builtin`` is imported).
 
 Scores are stored in [0, 1] and shown ×100 with one decimal; ``–`` marks a missing value
 (a metric that cannot be computed, or a task that does not declare that scorer). Tasks
@@ -13,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mmcl.report.figures import plot_heatmap, task_label
+from mmcl.report.protocols import protocols
 from mmcl.report.results import (
     row_labels,
     track_matrix,
@@ -21,6 +25,7 @@ from mmcl.report.results import (
     track_task_indices,
     track_zero_shot,
 )
+from mmcl.report.sampling import sampling_section
 from mmcl.utils.io import atomic_write_text
 from mmcl.utils.paths import inside
 
@@ -216,14 +221,10 @@ def render_report(run_dir: str | Path, results: dict[str, Any], heatmaps: bool =
             align="l",
         ),
     ]
-    from mmcl.report.continual_next import continual_next_section
-    from mmcl.report.protocol import msvqa_section  # here: protocol imports this module
-    from mmcl.report.sampling import sampling_section
-
     sections = [
         "\n".join(head),
         _metrics_section(results),
-        *filter(None, [msvqa_section(results), continual_next_section(run_dir, results)]),
+        *filter(None, [p.markdown_section(run_dir, results) for p in protocols()]),
         _tasks_section(results),
         _matrix_section(run_dir, results, heatmaps),
         *filter(None, [sampling_section(results)]),

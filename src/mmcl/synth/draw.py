@@ -1,7 +1,7 @@
-"""Drawing primitives for the synthetic benchmarks: a named palette, glyphs drawn tight in a box, box text.
+"""Drawing primitives for the synthetic benchmarks: a named palette and glyphs drawn tight in a box.
 
-Boxes come in two forms: pixel boxes ``(x1, y1, x2, y2)`` with ``x2``/``y2`` exclusive (the glyph
-covers pixels ``x1..x2-1``), and normalised boxes (pixel box / image size, floats in [0, 1]).
+A glyph is drawn in a pixel box ``(x1, y1, x2, y2)`` with ``x2``/``y2`` exclusive (the glyph
+covers pixels ``x1..x2-1``; boxes and their text form: :mod:`mmcl.synth.boxes`).
 Every glyph touches all four sides of its box, so the box is the tight bounding box of the
 drawn pixels. Glyphs are designed in a unit square; ``transpose`` swaps the axes (a
 horizontal design drawn vertically) and ``flip`` mirrors left-right.
@@ -10,14 +10,13 @@ horizontal design drawn vertically) and ``flip`` mirrors left-right.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 
 from PIL import Image, ImageDraw
 
+from mmcl.synth.boxes import PixelBox
+
 Colour = tuple[int, int, int]
-Box = tuple[float, float, float, float]
-PixelBox = tuple[int, int, int, int]
 
 PALETTE: dict[str, Colour] = {
     "red": (225, 35, 35),
@@ -43,46 +42,6 @@ def shade(colour: Colour, factor: float) -> Colour:
         int(colour[0] + (255 - colour[0]) * t),
         int(colour[1] + (255 - colour[1]) * t),
         int(colour[2] + (255 - colour[2]) * t),
-    )
-
-
-# ---------------------------------------------------------------- boxes
-
-
-def box_to_pixels(box: Box, size: int) -> PixelBox:
-    """Normalised box -> pixel box (exclusive right/bottom) on a ``size`` x ``size`` image."""
-    x1, y1, x2, y2 = (round(v * size) for v in box)
-    return (x1, y1, x2, y2)
-
-
-def pixels_to_box(px: PixelBox, size: int) -> Box:
-    """Pixel box (exclusive right/bottom) -> normalised box."""
-    return (px[0] / size, px[1] / size, px[2] / size, px[3] / size)
-
-
-def format_box(box: Sequence[float]) -> str:
-    """``[x1, y1, x2, y2]`` with two decimals, e.g. ``[0.12, 0.50, 0.31, 0.69]``."""
-    return "[" + ", ".join(f"{float(v):.2f}" for v in box) + "]"
-
-
-def format_boxes(boxes: Sequence[Sequence[float]]) -> str:
-    """Several boxes joined with ``"; "``."""
-    return "; ".join(format_box(b) for b in boxes)
-
-
-_NUM = r"\s*(-?\d+(?:\.\d+)?)\s*"
-_BOX_RE = re.compile(r"\[" + ",".join([_NUM] * 4) + r"\]")
-
-
-def parse_boxes(text: str) -> list[Box]:
-    """Every ``[x1, y1, x2, y2]`` found in ``text`` (the inverse of :func:`format_boxes`)."""
-    return [(float(a), float(b), float(c), float(d)) for a, b, c, d in _BOX_RE.findall(text)]
-
-
-def boxes_overlap(a: Sequence[float], b: Sequence[float], gap: float = 0.0) -> bool:
-    """True when boxes ``a`` and ``b`` come closer than ``gap`` (0: when they share any area)."""
-    return not (
-        a[2] + gap <= b[0] or b[2] + gap <= a[0] or a[3] + gap <= b[1] or b[3] + gap <= a[1]
     )
 
 

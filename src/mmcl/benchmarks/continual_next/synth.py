@@ -22,7 +22,7 @@ value from a shuffled cycle over the type's values):
 - ``ocr-vqa`` (image+text -> text): a word of :data:`OCR_WORDS` written large in a dark ink on
   a light plain background; "What is written in the image?" -> the word.
 - ``grounding`` (image+text -> text): two objects of different shapes and colours; "Give the
-  box of the red circle." -> ``[x1, y1, x2, y2]`` (``mmcl.synth.draw.format_box``, normalised to the
+  box of the red circle." -> ``[x1, y1, x2, y2]`` (``mmcl.synth.boxes.format_box``, normalised to the
   image, right/bottom exclusive), the tight box of the object's drawn pixels. Balanced over the
   target's position.
 - ``editing`` (image+text -> image): a one-object source scene and an instruction, ``colour``
@@ -33,9 +33,9 @@ value from a shuffled cycle over the type's values):
 Every sample's ``meta["present"]`` is the synthetic ground truth of the image the answer is about
 (the input image, or the target for t2i / editing): ``{"shapes", "colours", "backgrounds"}``
 (+ ``"words"`` for OCR), the keys of the tasks' ``meta["expect"]["vocabulary"]``
-(:class:`mmcl.eval.continual_next.Expectation`). Each task also declares ``meta["modalities"]``
+(:class:`mmcl.eval.outputs.Expectation`). Each task also declares ``meta["modalities"]``
 (for MAGE's gating), ``meta["modality_pair"]`` (:data:`MODALITY_PAIRS`, the format of
-:mod:`mmcl.report.cross_modal`), ``meta["correct_at"]`` and ``meta["warm_start"]``.
+:mod:`mmcl.benchmarks.continual_next.cross_modal`), ``meta["correct_at"]`` and ``meta["warm_start"]``.
 
 Order: the paper's (above) by default; ``modality_order: alternating`` reorders the same tasks so
 that consecutive tasks differ in their declared modalities where possible (vqa -> t2i ->
@@ -67,7 +67,7 @@ from mmcl.benchmarks import BENCHMARKS
 from mmcl.benchmarks.stream import apply_stream_options, parse_options
 from mmcl.config import BenchmarkConfig, ConfigError
 from mmcl.data.sample import Benchmark, Sample, Task
-from mmcl.synth.draw import format_box
+from mmcl.synth.boxes import format_box
 
 NAME = "continual-next-synth"
 TASK_NAMES: tuple[str, ...] = ("vqa", "classification", "t2i", "ocr-vqa", "grounding", "editing")
@@ -81,7 +81,7 @@ MODALITY_PAIRS: dict[str, str] = {
     "grounding": "image+text->text",
     "editing": "image+text->image",
 }
-"""Task name -> ``"inputs->output"`` (the pair format of :func:`mmcl.report.cross_modal.cross_modal_transfer`)."""
+"""Task name -> ``"inputs->output"`` (the pair format of :func:`mmcl.benchmarks.continual_next.cross_modal.cross_modal_transfer`)."""
 
 OCR_WORDS: tuple[str, ...] = ("red", "blue", "gray", "bar", "ring", "cat", "sun", "box", "tree", "1", "4", "7")
 """What ``ocr-vqa`` writes: short words (colour and shape names the tiny base writes, a few common

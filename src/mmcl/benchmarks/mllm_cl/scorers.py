@@ -2,7 +2,7 @@
 
 Each scorer reproduces one official evaluation script, per sample (the official scripts sum
 these per-sample scores and divide by the number of predictions). Registered in
-:data:`mmcl.eval.scorers.SCORERS`:
+:data:`mmcl.eval.scorers.SCORERS` when this package is imported:
 
 ========================  ==============  =====================================================
 scorer                    official file   rule (pred = prediction, gt = reference)
@@ -69,12 +69,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from mmcl.eval.scorers import SCORERS, _as_refs, sample_aware
-
-if TYPE_CHECKING:
-    from mmcl.data.sample import Sample
+from mmcl.data.sample import Sample
+from mmcl.eval.scorers import SCORERS, as_refs, sample_aware
 
 UNANSWERABLE = "Unanswerable"
 """A prediction containing this (case-sensitive) scores 0 with the MLLM-CL scorers whose script checks it
@@ -109,7 +106,7 @@ def _ai2d_single(pred: str, gt: str) -> bool:
 @SCORERS.register("mllmcl_ai2d")
 def mllmcl_ai2d(prediction: str, references: Sequence[str]) -> float:
     """RS / AD rule of ``eval_ai2d.py`` (see the module docstring)."""
-    refs = _as_refs(references)
+    refs = as_refs(references)
     if _refused(prediction):
         return 0.0
     return max(float(_ai2d_single(prediction, r)) for r in refs)
@@ -123,7 +120,7 @@ def mllmcl_ai2d(prediction: str, references: Sequence[str]) -> float:
 @SCORERS.register("mllmcl_pvqa")
 def mllmcl_pvqa(prediction: str, references: Sequence[str]) -> float:
     """Med rule of ``eval_pvqa.py``: the lowercased reference is a substring of the lowercased prediction."""
-    refs = _as_refs(references)
+    refs = as_refs(references)
     if _refused(prediction):
         return 0.0
     pred = prediction.lower()
@@ -138,7 +135,7 @@ def mllmcl_pvqa(prediction: str, references: Sequence[str]) -> float:
 @SCORERS.register("mllmcl_fin")
 def mllmcl_fin(prediction: str, references: Sequence[str]) -> float:
     """Fin rule of ``eval_finvis.py``: prediction without spaces and '.' equals the lowercased reference."""
-    refs = _as_refs(references)
+    refs = as_refs(references)
     if _refused(prediction):
         return 0.0
     pred = prediction.lower().replace(" ", "").replace(".", "")
@@ -189,7 +186,7 @@ def mllmcl_sci(prediction: str, references: Sequence[str], sample: Sample | None
 
     Needs ``sample`` for the image file name (``meta['image_file']``) and the question.
     """
-    refs = _as_refs(references)
+    refs = as_refs(references)
     s = _need_sample("mllmcl_sci", sample, "its image file name and question")
     if _refused(prediction):
         return 0.0
@@ -231,7 +228,7 @@ def mllmcl_ocr(prediction: str, references: Sequence[str], sample: Sample | None
 
     As the official script: no "Unanswerable" rule (see ``mllmcl_ocr_strict``).
     """
-    refs = _as_refs(references)
+    refs = as_refs(references)
     s = _need_sample("mllmcl_ocr", sample, "its OCRBench category, meta['answer_type']")
     return float(ocr_hit(prediction, refs, ocr_category(s)))
 
@@ -240,7 +237,7 @@ def mllmcl_ocr(prediction: str, references: Sequence[str], sample: Sample | None
 @sample_aware(context=_ocr_context)
 def mllmcl_ocr_strict(prediction: str, references: Sequence[str], sample: Sample | None = None) -> float:
     """mmcl's variant of ``mllmcl_ocr``: a prediction containing "Unanswerable" scores 0."""
-    refs = _as_refs(references)
+    refs = as_refs(references)
     s = _need_sample("mllmcl_ocr_strict", sample, "its OCRBench category, meta['answer_type']")
     if _refused(prediction):
         return 0.0
@@ -262,7 +259,7 @@ def mllmcl_cvbench(prediction: str, references: Sequence[str]) -> float:
 
     As the official script: no "Unanswerable" rule (see ``mllmcl_cvbench_strict``).
     """
-    refs = _as_refs(references)
+    refs = as_refs(references)
     pred = _cvbench_norm(prediction)
     return max(float(_cvbench_norm(r) in pred) for r in refs)
 
@@ -270,7 +267,7 @@ def mllmcl_cvbench(prediction: str, references: Sequence[str]) -> float:
 @SCORERS.register("mllmcl_cvbench_strict")
 def mllmcl_cvbench_strict(prediction: str, references: Sequence[str]) -> float:
     """mmcl's variant of ``mllmcl_cvbench``: a prediction containing "Unanswerable" scores 0."""
-    refs = _as_refs(references)
+    refs = as_refs(references)
     if _refused(prediction):
         return 0.0
     return mllmcl_cvbench(prediction, refs)

@@ -1,4 +1,4 @@
-"""Drawing functions for ``mllm-dcl-synth`` and ``mllm-acl-synth`` (see :mod:`mmcl.benchmarks.mllm_cl_synth`).
+"""Drawing functions for ``mllm-dcl-synth`` and ``mllm-acl-synth`` (see :mod:`mmcl.benchmarks.mllm_cl.synth`).
 
 Each function draws one scene from a plain parameter dict on a ``size`` x ``size`` canvas. All
 coordinates in the parameters are on a 64 x 64 design grid and scaled to ``size``; the random

@@ -22,6 +22,10 @@ the ones below are **choices made here**:
 
 Scores are in [0, 1]; tables show them ×100. :func:`compare_protocol` summarises groups of runs
 (seeds of one configuration, grouped as in :mod:`mmcl.report.compare`) as mean ± std.
+
+:class:`MSVQAProtocol` (registered as ``msvqa`` in :data:`mmcl.report.protocols.PROTOCOLS`) gives
+the ``## MSVQA protocol`` section of ``report.md``, the one of ``report.html`` and
+``mmcl compare --protocol msvqa``.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from rich.table import Table
 from mmcl import __version__
 from mmcl.report.compare import GROUP_KEY, Stat, fmt_stat, group_notes, group_runs
 from mmcl.report.markdown import MISSING, fmt_score, md_inline, md_text
+from mmcl.report.protocols import Compared, HtmlTable, Protocol, RunResults, register_protocol
 from mmcl.report.results import (
     Matrix,
     compute_track_metrics,
@@ -44,7 +49,7 @@ from mmcl.report.results import (
 )
 from mmcl.utils.io import atomic_write_json, atomic_write_text
 
-PROTOCOLS = ("msvqa",)
+PROTOCOL = "msvqa"
 OVERALL = "overall"
 VQA_TRACK = "vqa_score"
 F1_TRACKS = ("box_f1", "token_f1")  # in order of preference per task
@@ -147,7 +152,7 @@ def msvqa_summary(results: dict[str, Any]) -> dict[str, Any]:
                 entry[f"{m}_{short}"] = metrics[m]
         out[scope] = entry
     return {
-        "protocol": "msvqa",
+        "protocol": PROTOCOL,
         "f1_source": dict(zip(tasks, f1_sources(results), strict=True)),
         "scopes": out,
     }
@@ -243,18 +248,13 @@ class ProtocolComparison:
         }
 
 
-def compare_protocol(
-    run_dirs: Sequence[str | Path], protocol: str = "msvqa", out_dir: str | Path | None = None
-) -> ProtocolComparison:
+def compare_protocol(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None) -> ProtocolComparison:
     """Per group of runs, per scope: the :data:`SUMMARY_KEYS` as mean ± std over seeds.
 
     Groups as :func:`mmcl.report.compare.compare_runs`. A scope missing from some seeds counts
     only the seeds that have it (``n``). With ``out_dir``, writes ``protocol-<name>.md`` and
-    ``.json`` there. Raises ValueError for an unknown protocol or no runs, ``ResultsError`` for
-    a bad run directory.
+    ``.json`` there. Raises ValueError for no runs, ``ResultsError`` for a bad run directory.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; protocols: {', '.join(PROTOCOLS)}")
     groups: list[ProtocolGroup] = []
     notes: list[str] = []
     for key, members in group_runs(run_dirs).items():
@@ -280,7 +280,7 @@ def compare_protocol(
             notes.append(
                 f"{name} ({method} on {benchmark}): no scenarios or no vqa_score/box_f1/token_f1 track"
             )
-    cmp = ProtocolComparison(protocol, groups, notes)
+    cmp = ProtocolComparison(PROTOCOL, groups, notes)
     if out_dir is not None:
         write_protocol_comparison(cmp, out_dir)
     return cmp
@@ -303,7 +303,7 @@ def _legend(cmp: ProtocolComparison, definitions: bool = True) -> str:
         f"Protocol `{cmp.protocol}`. Scores ×100, mean ± sample std over seeds (no ± for one seed; "
         f"(n=k) when only k seeds have a value). Runs grouped by {' + '.join(GROUP_KEY)}."
     )
-    return f"{text} {DEFINITIONS}" if definitions else f"{text} Definitions: mmcl.report.protocol."
+    return f"{text} {DEFINITIONS}" if definitions else f"{text} Definitions: mmcl.benchmarks.msvqa.protocol."
 
 
 def render_protocol_markdown(cmp: ProtocolComparison) -> str:
@@ -340,3 +340,42 @@ def write_protocol_comparison(cmp: ProtocolComparison, out_dir: str | Path) -> t
     atomic_write_text(md, render_protocol_markdown(cmp))
     atomic_write_json(js, cmp.to_dict())
     return md, js
+
+
+# ---------------------------------------------------------------- the protocol
+
+
+class MSVQAProtocol(Protocol):
+    """The MSVQA protocol for any run with scenarios and a VQA / F1 track (:func:`has_msvqa_tracks`)."""
+
+    name = PROTOCOL
+    title = "MSVQA protocol"
+
+    def markdown_section(self, run_dir: Path, results: RunResults) -> str | None:
+        return msvqa_section(results)
+
+    def html_table(self, runs: Sequence[tuple[Path, RunResults]]) -> HtmlTable | None:
+        dirs = [d for d, r in runs if has_msvqa_tracks(r)]
+        if not dirs:
+            return None
+        cmp = compare_protocol(dirs)
+        rows = [
+            [f"{g.method} · {g.name}", str(g.n_seeds), scope, *(fmt_stat(s[k], g.n_seeds) for k in SUMMARY_KEYS)]
+            for g in cmp.groups
+            for scope, s in g.scopes.items()
+        ]
+        return HtmlTable(
+            header=["group", "seeds", "scope", *(PROTOCOL_LABELS[k] for k in SUMMARY_KEYS)],
+            rows=rows,
+            text_columns=3,
+            notes=cmp.notes,
+            legend=f"Scores ×100, mean ± sample std over seeds. {DEFINITIONS}",
+        )
+
+    def compare(self, run_dirs: Sequence[Path], out_dir: Path | None = None) -> Compared:
+        cmp = compare_protocol(run_dirs, out_dir=out_dir)
+        files = [Path(out_dir) / f"protocol-{PROTOCOL}.md", Path(out_dir) / f"protocol-{PROTOCOL}.json"] if out_dir else []
+        return Compared(render_protocol_rich(cmp), files)
+
+
+register_protocol(MSVQAProtocol())

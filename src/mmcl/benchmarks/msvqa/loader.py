@@ -3,7 +3,7 @@
 **The layout below is a guess.** The dataset card and files could not be read when this loader
 was written (nothing may be downloaded here), so every column name is configurable and the
 defaults are plausible choices, not facts. Check a real copy first with
-``mmcl validate-data CONFIG`` (or ``python -c "from mmcl.benchmarks.msvqa import
+``mmcl validate-data CONFIG`` (or ``python -c "from mmcl.benchmarks.msvqa.loader import
 validate_msvqa; print(validate_msvqa({'path': '/data/msvqa'}).render())"``): it lists, per
 scenario and task, what was found and every problem, without training.
 
@@ -65,15 +65,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from mmcl.benchmarks import BENCHMARKS
-from mmcl.benchmarks.msvqa_synth import GROUNDING_SCORERS, QA_SCORERS, SCENARIOS, check_permutation
+from mmcl.benchmarks import BENCHMARKS, DATA_VALIDATORS
+from mmcl.benchmarks.msvqa.synth import GROUNDING_SCORERS, QA_SCORERS, SCENARIOS, check_permutation
 from mmcl.benchmarks.stream import apply_stream_options, parse_options, stream_seed
 from mmcl.config import BenchmarkConfig
 from mmcl.data.errors import DataError, DataProblem
 from mmcl.data.hf_dataset import FieldMap, open_saved_dataset, parse_source
 from mmcl.data.llava_json import ParsedFile, read_json_records
 from mmcl.data.sample import Benchmark, Sample, Task
-from mmcl.eval.scorers import parse_boxes
+from mmcl.synth.boxes import format_boxes_as_written, parse_boxes
 
 BENCHMARK_NAME = "msvqa"
 AUTO = "auto"
@@ -327,7 +327,7 @@ def read_boxes(value: Any, box_format: str = "xyxy") -> tuple[list[Box], str | N
     """Normalise a boxes cell to a list of ``[x1, y1, x2, y2]``; or say what is wrong.
 
     Accepts null / ``[]`` (no box), ``[x1, y1, x2, y2]``, a list of such boxes, or text holding
-    boxes (read with :func:`mmcl.eval.scorers.parse_boxes`). ``box_format="xywh"`` reads
+    boxes (read with :func:`mmcl.synth.boxes.parse_boxes`). ``box_format="xywh"`` reads
     ``[x, y, w, h]`` (not for text, which is taken as written).
     """
     if value is None:
@@ -349,11 +349,6 @@ def read_boxes(value: Any, box_format: str = "xyxy") -> tuple[list[Box], str | N
         x1, y1, a, b2 = (float(v) for v in b)
         boxes.append([x1, y1, x1 + a, y1 + b2] if box_format == "xywh" else [x1, y1, a, b2])
     return boxes, None
-
-
-def format_boxes(boxes: Sequence[Box]) -> str:
-    """Boxes as reference text: ``[x1, y1, x2, y2]`` joined with ``"; "``, numbers as written."""
-    return "; ".join("[" + ", ".join(f"{v:g}" for v in b) + "]" for b in boxes)
 
 
 def _cell_text(value: Any) -> str | None:
@@ -545,7 +540,7 @@ def _box_references(task: TaskData) -> list[DataProblem]:
         if _has_box_answer(r):
             continue
         if r.boxes:
-            r.sample.answers = [format_boxes(r.boxes)]
+            r.sample.answers = [format_boxes_as_written(r.boxes)]
             task.answers_from_boxes += 1
             continue
         boxes = f"the boxes column {r.box_field!r} is empty" if r.box_field else "there is no boxes column"
@@ -874,3 +869,6 @@ def validate_msvqa(cfg: BenchmarkConfig | Mapping[str, Any], check_images: bool 
         notes=data.notes,
         images_checked=check_images,
     )
+
+
+DATA_VALIDATORS.add(BENCHMARK_NAME, validate_msvqa)

@@ -92,11 +92,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from mmcl.benchmarks import BENCHMARKS
-from mmcl.benchmarks.mllm_cl_draw import BAR_UNIT, CYCLE_SLOTS, DRAWERS
+from mmcl.benchmarks.mllm_cl.draw import BAR_UNIT, CYCLE_SLOTS, DRAWERS
 from mmcl.benchmarks.stream import apply_stream_options, parse_options
 from mmcl.config import BenchmarkConfig
 from mmcl.data.sample import Benchmark, Sample, Task
-from mmcl.synth.draw import format_box
+from mmcl.synth.boxes import format_box
 
 DCL_NAME = "mllm-dcl-synth"
 ACL_NAME = "mllm-acl-synth"

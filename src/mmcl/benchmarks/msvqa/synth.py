@@ -63,7 +63,8 @@ from mmcl.benchmarks import BENCHMARKS
 from mmcl.benchmarks.stream import apply_stream_options, parse_options
 from mmcl.config import BenchmarkConfig
 from mmcl.data.sample import Benchmark, Sample, Task
-from mmcl.synth.draw import COLOUR_NAMES, PALETTE, Colour, draw_glyph, format_box
+from mmcl.synth.boxes import format_box
+from mmcl.synth.draw import COLOUR_NAMES, PALETTE, Colour, draw_glyph
 
 BENCHMARK_NAME = "msvqa-synth"
 UNITS = 16  # box coordinates are multiples of 1/UNITS of the image side

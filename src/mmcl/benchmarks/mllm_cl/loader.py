@@ -10,7 +10,7 @@ Two settings, each a stream of tasks read from LLaVA JSON files (parsed by
   with folders OCR, Math, VP and APP (the GUI task).
 
 Image paths in a file are relative to that file's folder. Each task is scored by default with
-the official rule (:mod:`mmcl.eval.mllm_cl_scorers`); Math (MathVista, GPT judge) and GUI
+the official rule (:mod:`mmcl.benchmarks.mllm_cl.scorers`); Math (MathVista, GPT judge) and GUI
 (MMT-Bench, eval.ai server) have no rule-based official scorer and default to
 ``exact_match`` + ``contains``. Example::
 

@@ -6,27 +6,39 @@ Read from ``results.json`` (``modality_pairs`` is written by the runner for task
 ``meta["expect"]``, see :func:`mmcl.eval.evaluator.add_error_classes`):
 
 - ``Avg.ACC`` = last, ``Forgetting``, ``New.ACC`` = MFT of the primary matrix
-  (:func:`mmcl.report.cross_modal.cross_modal_transfer`, which uses :mod:`mmcl.metrics`);
+  (:func:`mmcl.benchmarks.continual_next.cross_modal.cross_modal_transfer`, which uses :mod:`mmcl.metrics`);
 - ``Avg.HAL`` (and IUF, OTH) = mean over stages t of the mean over the tasks learned so far
   (j <= t) of the share of task j's test answers in that class after stage t: per-stage rates
-  pooled over tasks ("seen" scope, task pooling of :func:`mmcl.eval.continual_next.stage_error_rates`);
+  pooled over tasks ("seen" scope, task pooling of :func:`mmcl.eval.outputs.stage_error_rates`);
 - cross-modal transfer = mean score change of a learned task when a task of the same / another
   modality pair is trained (``transfer_same_pair`` / ``transfer_different_pair``).
 
 Only sequential runs (one matrix row per task) get a summary.
+
+:class:`ContinualNextProtocol` (registered as ``cnext`` in :data:`mmcl.report.protocols.PROTOCOLS`)
+adds ``modality_pairs`` and this summary (key ``continual_next``) to ``results.json`` at the end of
+a run whose tasks declare ``meta["modalities"]``, the ``## Continual-NExT metrics`` section of
+``report.md``, and ``mmcl compare --protocol cnext``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mmcl.benchmarks.continual_next.cross_modal import cross_modal_transfer
 from mmcl.data.sample import Task
-from mmcl.report.cross_modal import cross_modal_transfer
+from mmcl.report.compare import Stat, fmt_stat, group_notes, group_runs
 from mmcl.report.markdown import md_code, md_inline, md_text
+from mmcl.report.protocols import Compared, Protocol, RunResults, register_protocol
+from mmcl.utils.io import atomic_write_json, atomic_write_text
 
+PROTOCOL = "cnext"
+RESULTS_KEY = "continual_next"
+"""The key of :func:`continual_next_summary` in ``results.json``."""
 PRIMARY = "primary"
 RATE_TRACKS = {"Avg.HAL": "hal", "Avg.IUF": "iuf", "Avg.OTH": "oth"}
 
@@ -146,14 +158,11 @@ def compare_cnext(run_dirs: list[str | Path], out_dir: str | Path | None = None)
     """Per group of runs (name, method, benchmark, as ``mmcl compare``): the summary keys as mean ± std
     over seeds, x100. Runs without a summary (joint, zero-shot) get their last-stage mean score as
     Avg.ACC and nothing else. With ``out_dir``, writes ``protocol-cnext.md`` and ``.json``."""
-    from mmcl.report.compare import Stat, fmt_stat, group_notes, group_runs
-    from mmcl.utils.io import atomic_write_json, atomic_write_text
-
     rows, notes = [], []
     for key, members in group_runs(run_dirs).items():
         sums = []
         for _, r in members:
-            s = r.get("continual_next") or {}
+            s = r.get(RESULTS_KEY) or {}
             if not s:  # one-stage runs: the final score is still Avg.ACC
                 s = {"Avg.ACC": r["metrics"]["primary"]["last"]}
             sums.append(s)
@@ -169,11 +178,38 @@ def compare_cnext(run_dirs: list[str | Path], out_dir: str | Path | None = None)
                      + " | ".join(fmt_stat(row["stats"][k], n) for k in COMPARE_KEYS) + " |")
     text = "\n".join(["# Continual-NExT comparison (x100, mean ± std over seeds)", "", *lines, "",
                       *(f"- {md_inline(x)}" for x in notes)]) + "\n"
-    out = {"protocol": "cnext", "markdown": text,
+    out = {"protocol": PROTOCOL, "markdown": text,
            "rows": [{**{k: v for k, v in r.items() if k != "stats"},
                      "stats": {k: s.to_dict() for k, s in r["stats"].items()}} for r in rows], "notes": notes}
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_text(Path(out_dir) / "protocol-cnext.md", text)
-        atomic_write_json(Path(out_dir) / "protocol-cnext.json", {k: v for k, v in out.items() if k != "markdown"})
+        atomic_write_text(Path(out_dir) / f"protocol-{PROTOCOL}.md", text)
+        atomic_write_json(Path(out_dir) / f"protocol-{PROTOCOL}.json", {k: v for k, v in out.items() if k != "markdown"})
     return out
+
+
+# ---------------------------------------------------------------- the protocol
+
+
+class ContinualNextProtocol(Protocol):
+    """Continual-NExT's metrics for any run whose tasks declare ``meta["modalities"]``."""
+
+    name = PROTOCOL
+    title = "Continual-NExT metrics"
+
+    def run_results(self, tasks: Sequence[Task], results: RunResults) -> dict[str, Any]:
+        pairs = [modality_pair(t) for t in tasks]
+        if not any(p is not None for p in pairs):
+            return {}
+        return {"modality_pairs": pairs, RESULTS_KEY: continual_next_summary({**results, "modality_pairs": pairs})}
+
+    def markdown_section(self, run_dir: Path, results: RunResults) -> str | None:
+        return continual_next_section(run_dir, results)
+
+    def compare(self, run_dirs: Sequence[Path], out_dir: Path | None = None) -> Compared:
+        res = compare_cnext(list(run_dirs), out_dir=out_dir)
+        files = [Path(out_dir) / f"protocol-{PROTOCOL}.md", Path(out_dir) / f"protocol-{PROTOCOL}.json"] if out_dir else []
+        return Compared(res["markdown"], files)
+
+
+register_protocol(ContinualNextProtocol())

@@ -12,44 +12,18 @@ give 0 when the answer is not an image (the paper: 0 when no image is produced).
 ``cnext_edit``  0.5 x the share of the target's attributes the judge finds + 0.5 x pixel
                 similarity to the target image (:func:`mmcl.eval.image_judge.edit_score`).
 
-The judge is loaded once from ``$MMCL_IMAGE_JUDGE`` or the shipped ``assets/image-judge``.
+The judge is loaded once from ``$MMCL_IMAGE_JUDGE`` or the shipped ``assets/image-judge``
+(:func:`mmcl.eval.outputs.get_judge`, which the evaluator also uses to class image answers).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from functools import lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from mmcl.eval.scorers import SCORERS, _as_refs, sample_aware
-
-if TYPE_CHECKING:
-    from mmcl.data.sample import Sample
-
-JUDGE_ENV = "MMCL_IMAGE_JUDGE"
-JUDGE_CATEGORIES = {"shape": "shapes", "colour": "colours", "background": "backgrounds"}
-"""Judge attribute -> the ``meta["present"]`` category it fills (for hallucination in image answers)."""
-
-
-@lru_cache(maxsize=4)
-def _load(path: str) -> Any:
-    from mmcl.models.image_judge import load_judge
-
-    if not (Path(path) / "judge.json").is_file():
-        raise FileNotFoundError(
-            f"no image judge at {path} (judge.json missing); train one with mmcl.pretrain.judge.train_judge "
-            f"or set ${JUDGE_ENV} to its directory"
-        )
-    return load_judge(path)
-
-
-def get_judge() -> Any:
-    """The image judge (cached): ``$MMCL_IMAGE_JUDGE`` or the shipped one."""
-    from mmcl.models.image_judge import default_judge_dir
-
-    return _load(str(os.environ.get(JUDGE_ENV) or default_judge_dir()))
+from mmcl.data.sample import Sample
+from mmcl.eval.outputs import get_judge
+from mmcl.eval.scorers import SCORERS, as_refs, sample_aware
 
 
 def _image(prediction: Any) -> Any:
@@ -66,9 +40,10 @@ def _need(sample: Sample | None, scorer: str) -> Sample:
 @sample_aware
 def cnext_t2i(prediction: str, references: Sequence[str], sample: Sample | None = None) -> float:
     """Judge agreement with the prompt's attributes; 0 without an image."""
+    # torch: imported only when an image is scored
     from mmcl.eval.image_judge import attributes_from_caption, t2i_score
 
-    refs = _as_refs(references)
+    refs = as_refs(references)
     sample = _need(sample, "cnext_t2i")
     image = _image(prediction)
     if image is None:
@@ -81,9 +56,10 @@ def cnext_t2i(prediction: str, references: Sequence[str], sample: Sample | None 
 @sample_aware
 def cnext_edit(prediction: str, references: Sequence[str], sample: Sample | None = None) -> float:
     """0.5 x judge agreement with the target's attributes + 0.5 x pixel similarity; 0 without an image."""
+    # torch: imported only when an image is scored
     from mmcl.eval.image_judge import edit_score
 
-    _as_refs(references)
+    as_refs(references)
     sample = _need(sample, "cnext_edit")
     image = _image(prediction)
     if image is None:
@@ -93,8 +69,3 @@ def cnext_edit(prediction: str, references: Sequence[str], sample: Sample | None
         raise ValueError(f"cnext_edit: sample {sample.id!r} has no target_image")
     return float(edit_score(get_judge(), image, target, sample.meta.get("attributes")))
 
-
-def judged_content(image: Any) -> dict[str, list[str]]:
-    """What the judge sees in ``image``, as ``{category: [name]}`` in ``meta["present"]`` categories."""
-    got = get_judge()([image])[0]
-    return {cat: [got[attr]] for attr, cat in JUDGE_CATEGORIES.items() if attr in got}
