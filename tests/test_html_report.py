@@ -34,7 +34,7 @@ from mmcl.report.html import figures_dir_for, write_html_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DATA_PNG = "data:image/png;base64,"
-SECTIONS = ("runs", "metrics", "comparison", "matrices", "curves", "protocol", "cost", "examples", "config")
+SECTIONS = ("runs", "metrics", "comparison", "matrices", "curves", "protocol-msvqa", "cost", "examples", "config")
 # lora-ft, 2 seeds: last = 0.5 and 2/3 -> mean 58.3, sample std 11.8 (×100).
 LORA_FT = {
     0: [[1.0, 0.0, 0.0], [0.5, 1.0, 0.0], [0.0, 0.5, 1.0]],
@@ -157,7 +157,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, quick: tuple[str, Benchmark])
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory, runs: dict[str, list[Path]]) -> Path:
     out = tmp_path_factory.mktemp("report") / "report.html"
-    assert write_html_report([*runs["lora"], *runs["replay"]], out) == out
+    assert write_html_report([*runs["lora"], *runs["replay"]], out, rebuild=build_benchmark) == out
     return out
 
 
@@ -227,7 +227,7 @@ def test_seeds_are_aggregated_as_mean_and_std(page: Path) -> None:
     cost = _section(text, "cost")
     assert "12.0 ± 2.8" in cost  # train seconds 10 and 14
     assert "2.0" in cost and "replay_buffer" in cost  # 2048 held bytes = 2.0 KiB
-    protocol = _section(text, "protocol")
+    protocol = _section(text, "protocol-msvqa")
     assert "<td>overall</td>" in protocol and "<td>high-altitude</td>" in protocol
     # 2 seeds -> one heatmap set for the group, not one per run
     assert len(list(figures_dir_for(page).glob("heatmap-*lora-ft*-primary.png"))) == 1
@@ -272,10 +272,21 @@ def test_given_benchmark_is_used_instead_of_rebuilding(
     runs: dict[str, list[Path]], quick: tuple[str, Benchmark], tmp_path: Path
 ) -> None:
     _, bench = quick
-    text = write_html_report(runs["replay"], tmp_path / "r.html", benchmark=bench).read_text(encoding="utf-8")
+    text = write_html_report(runs["replay"], tmp_path / "r.html", benchmark=bench, rebuild=build_benchmark).read_text(
+        encoding="utf-8"
+    )
     examples = _section(text, "examples")
     assert "Thumbnails not shown" not in examples
     assert len([a for t, a in parse(examples) if t == "img" and a.get("class") == "thumb"]) == 3
+
+
+def test_without_a_rebuild_function_only_the_given_benchmark_has_thumbnails(
+    runs: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    text = write_html_report(runs["lora"][:1], tmp_path / "r.html").read_text(encoding="utf-8")
+    examples = _section(text, "examples")
+    assert "Thumbnails not shown: no way to rebuild the benchmark was given" in examples
+    assert not [a for t, a in parse(examples) if t == "img"]
 
 
 def test_cli_report_html_and_markdown(runs: dict[str, list[Path]], tmp_path: Path) -> None:
@@ -297,7 +308,7 @@ def test_cli_report_html_and_markdown(runs: dict[str, list[Path]], tmp_path: Pat
 def test_report_of_a_real_run(tiny_llava_dir: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     run_quick(tiny_llava_dir, run)
-    out = write_html_report([run], tmp_path / "real.html")
+    out = write_html_report([run], tmp_path / "real.html", rebuild=build_benchmark)
     text = out.read_text(encoding="utf-8")
     assert all(f'<section id="{s}">' in text for s in SECTIONS)
     imgs = [a["src"] for t, a in parse(text) if t == "img"]
