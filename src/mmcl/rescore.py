@@ -27,6 +27,7 @@ from mmcl.data.errors import DataError, DataProblem
 from mmcl.eval.scorers import Scorer, call_scorer, get_scorer, needs_sample, sample_from_context
 from mmcl.report.markdown import write_report
 from mmcl.report.results import RESULTS_FILE, load_results, row_labels, track_metrics, write_matrix_csv
+from mmcl.rundir import RunLock
 from mmcl.utils.io import atomic_write_json, atomic_write_text
 from mmcl.utils.paths import check_name, inside
 
@@ -133,8 +134,6 @@ def rescore_run(run_dir: str | Path, scorer: str, tasks: Sequence[str] | None = 
 
     Returns the updated results.
     """
-    from mmcl.rundir import RunLock
-
     fn = get_scorer(scorer)
     run_dir = Path(run_dir)
     results = load_results(run_dir)

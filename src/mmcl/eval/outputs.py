@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from mmcl.data.sample import Sample
+from mmcl.models.image_judge import default_judge_dir, load_judge
 from mmcl.synth.boxes import parse_boxes
 
 # ---------------------------------------------------------------------------
@@ -365,9 +366,6 @@ JUDGE_CATEGORIES = {"shape": "shapes", "colour": "colours", "background": "backg
 
 @lru_cache(maxsize=4)
 def _load(path: str) -> Any:
-    # torch and transformers: imported only once an image is judged
-    from mmcl.models.image_judge import load_judge
-
     if not (Path(path) / "judge.json").is_file():
         raise FileNotFoundError(
             f"no image judge at {path} (judge.json missing); train one with mmcl.pretrain.judge.train_judge "
@@ -379,8 +377,6 @@ def _load(path: str) -> Any:
 def get_judge() -> Any:
     """The image judge (cached): ``$MMCL_IMAGE_JUDGE`` or the shipped one (:mod:`mmcl.models.image_judge`)."""
     # torch and transformers: imported only once an image is judged
-    from mmcl.models.image_judge import default_judge_dir
-
     return _load(str(os.environ.get(JUDGE_ENV) or default_judge_dir()))
 
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mmcl.data.sample import Sample
+from mmcl.eval.image_judge import attributes_from_caption, edit_score, t2i_score
 from mmcl.eval.outputs import get_judge
 from mmcl.eval.scorers import SCORERS, as_refs, sample_aware
 
@@ -40,9 +41,6 @@ def _need(sample: Sample | None, scorer: str) -> Sample:
 @sample_aware
 def cnext_t2i(prediction: str, references: Sequence[str], sample: Sample | None = None) -> float:
     """Judge agreement with the prompt's attributes; 0 without an image."""
-    # torch: imported only when an image is scored
-    from mmcl.eval.image_judge import attributes_from_caption, t2i_score
-
     refs = as_refs(references)
     sample = _need(sample, "cnext_t2i")
     image = _image(prediction)
@@ -56,9 +54,6 @@ def cnext_t2i(prediction: str, references: Sequence[str], sample: Sample | None 
 @sample_aware
 def cnext_edit(prediction: str, references: Sequence[str], sample: Sample | None = None) -> float:
     """0.5 x judge agreement with the target's attributes + 0.5 x pixel similarity; 0 without an image."""
-    # torch: imported only when an image is scored
-    from mmcl.eval.image_judge import edit_score
-
     as_refs(references)
     sample = _need(sample, "cnext_edit")
     image = _image(prediction)

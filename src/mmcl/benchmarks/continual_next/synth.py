@@ -4,9 +4,9 @@ Continual-NExT trains a dual-to-dual model (text + image in, text + image out) o
 this order (``shared/references/continual_next_mage.md`` §1): VQAv2 -> ImageNet -> Flickr30k
 text-to-image -> OCR-VQA -> RefCOCO grounding -> HQ-Edit editing, the first being a shared warm
 start. This stream keeps the order, the modality pairs and the answer forms, with 64 x 64 images
-of the tiny Janus scene domain (:mod:`mmcl.models.tiny_janus`: one or two generic shapes in
+of the tiny Janus scene world (:mod:`mmcl.synth.janus_world`: one or two generic shapes in
 palette colours, centred in cells of a 3 x 3 grid, on a plain background) so that the tiny
-dual-to-dual base can learn them on a CPU. Scenes are rendered with ``tiny_janus.draw_scene``;
+dual-to-dual base can learn them on a CPU. Scenes are rendered with ``janus_world.draw_scene``;
 a two-object image pastes the objects of two one-object scenes onto one background.
 
 Tasks (names as below; question types alternate, the k-th sample of a type takes its balanced
@@ -46,9 +46,6 @@ Data: each sample is drawn from its own generator seeded by (seed, task name, sp
 so a task's data depends only on the seed, its name and the sizes. Test samples are drawn
 first; a training sample equal to a test sample is redrawn. Images are rendered on demand by
 small picklable callables (:class:`SceneImage`, :class:`WordImage`).
-
-The scene domain is read from :mod:`mmcl.models.tiny_janus` when a task is built (it imports
-torch), not when this module is imported.
 """
 
 from __future__ import annotations
@@ -67,6 +64,7 @@ from mmcl.benchmarks import BENCHMARKS
 from mmcl.benchmarks.stream import apply_stream_options, parse_options
 from mmcl.config import BenchmarkConfig, ConfigError
 from mmcl.data.sample import Benchmark, Sample, Task
+from mmcl.synth import janus_world as tj
 from mmcl.synth.boxes import format_box
 
 NAME = "continual-next-synth"
@@ -107,26 +105,20 @@ def task_modalities_pair(task: str | Task) -> str:
     return MODALITY_PAIRS[name]
 
 
-# ---------------------------------------------------------------- the scene domain (lazy)
-
-
-def _tj() -> Any:
-    from mmcl.synth import janus_world as tiny_janus
-
-    return tiny_janus
+# ---------------------------------------------------------------- the scene domain
 
 
 def _attr(key: str) -> tuple[str, ...]:
-    return tuple(_tj().ATTRIBUTES[key])
+    return tuple(tj.ATTRIBUTES[key])
 
 
 def _default_image_size() -> int:
-    return int(_tj().IMAGE_SIZE)
+    return int(tj.IMAGE_SIZE)
 
 
 def _light_backgrounds() -> tuple[str, ...]:
     """Backgrounds on which a dark ink reads (relative luminance at least 0.4)."""
-    cols = _tj().BACKGROUND_COLOURS
+    cols = tj.BACKGROUND_COLOURS
     out = tuple(b for b in _attr("background") if np.dot(cols[b], (0.299, 0.587, 0.114)) >= 0.4 * 255)
     if not out:  # pragma: no cover - the domain has a white background
         raise RuntimeError("the scene domain has no light background for OCR")
@@ -145,7 +137,6 @@ def _where(position: str) -> str:
 
 
 def _draw_one(obj: Obj, background: str, image_size: int) -> Image.Image:
-    tj = _tj()
     scene = tj.Scene(shape=obj[0], colour=obj[1], position=obj[2], background=background)
     if image_size == tj.IMAGE_SIZE:
         return tj.draw_scene(scene)
@@ -154,7 +145,7 @@ def _draw_one(obj: Obj, background: str, image_size: int) -> Image.Image:
 
 def _object_mask(layer: Image.Image, background: str) -> np.ndarray:
     """Boolean H x W mask of the pixels of a one-object scene that are not its background."""
-    bg = np.asarray(_tj().BACKGROUND_COLOURS[background], dtype=np.int16)
+    bg = np.asarray(tj.BACKGROUND_COLOURS[background], dtype=np.int16)
     return np.any(np.asarray(layer, dtype=np.int16) != bg, axis=-1)
 
 
@@ -233,7 +224,7 @@ class WordImage:
     image_size: int
 
     def __call__(self) -> Image.Image:
-        img = Image.new("RGB", (self.image_size, self.image_size), _tj().BACKGROUND_COLOURS[self.background])
+        img = Image.new("RGB", (self.image_size, self.image_size), tj.BACKGROUND_COLOURS[self.background])
         layer, mask = _render_text(self.word, self.ink, self.image_size)
         x = (self.image_size - layer.width) // 2 + self.offset[0]
         y = (self.image_size - layer.height) // 2 + self.offset[1]
@@ -323,12 +314,12 @@ def _classification(rng: np.random.Generator, shape: str, size: int) -> Drawn:
 
 
 def _scene_attrs(obj: Obj, background: str) -> dict[str, str]:
-    scene = _tj().Scene(shape=obj[0], colour=obj[1], position=obj[2], background=background)
+    scene = tj.Scene(shape=obj[0], colour=obj[1], position=obj[2], background=background)
     return dict(scene.attributes())
 
 
 def _caption(obj: Obj, background: str) -> str:
-    return str(_tj().Scene(shape=obj[0], colour=obj[1], position=obj[2], background=background).caption())
+    return str(tj.Scene(shape=obj[0], colour=obj[1], position=obj[2], background=background).caption())
 
 
 def _t2i(rng: np.random.Generator, _: Any, size: int) -> Drawn:
