@@ -1,5 +1,7 @@
-"""The synthetic worlds' shared drawing library: palette, glyphs, boxes (core layer, imports nothing of mmcl).
+"""The synthetic worlds' shared drawing and box library (core layer, imports nothing else of mmcl).
 
-Every embedded benchmark and every pre-training recipe draws through this package, so that a scene
-is drawn in one place. See docs/data.md.
+:mod:`mmcl.synth.draw`: the palette and the glyphs; :mod:`mmcl.synth.boxes`: box geometry and the
+box text every benchmark writes and every scorer reads. Every embedded benchmark and every
+pre-training recipe draws through this package, so that a scene is drawn in one place. See
+docs/data.md.
 """
