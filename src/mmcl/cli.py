@@ -399,7 +399,7 @@ def list_names() -> None:
     out.print(f"methods:    {', '.join(METHODS.names())}")
     out.print(f"scorers:    {', '.join(SCORERS.names())}")
     out.print(f"protocols:  {', '.join(PROTOCOLS.names())} (mmcl compare --protocol NAME)")
-    out.print(f"data validators: {', '.join(DATA_VALIDATORS.names())} (mmcl validate-data)")
+    out.print(f"validators: {', '.join(DATA_VALIDATORS.names())} (mmcl validate-data)")
     out.print(f"models:     {', '.join(sorted(PRESETS))} (or model.path=<local HF dir>)")
 
 
