@@ -24,7 +24,7 @@ CAPTION_INSTRUCTION = "Describe the image."
 CAPTION_TASK = "pretrain.caption"
 
 MARK_NAMES: tuple[str, ...] = ("white", "black", "cyan", "pink")
-"""Names of the marking colours (``msvqa_synth.MARKINGS``, same order); half the shapes carry one."""
+"""Names of the marking colours (``mmcl.benchmarks.msvqa.synth.MARKINGS``, same order); half the shapes carry one."""
 
 BACKGROUNDS: tuple[Colour, ...] = ((255, 255, 255), (0, 0, 0), (128, 128, 128), (232, 224, 204), (36, 40, 60))
 
