@@ -96,7 +96,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 import mmcl
-from mmcl.config import RunConfig
+from mmcl.config import RunConfig, to_yaml
 from mmcl.data.sample import Task
 from mmcl.eval.evaluator import TaskResult, score_predictions, track_means
 from mmcl.methods.base import Method
@@ -147,8 +147,6 @@ def comparable_config(data: dict[str, Any]) -> dict[str, Any]:
 
 def config_data(cfg: RunConfig) -> dict[str, Any]:
     """The resolved config as written to config.yaml (through YAML, so values compare like reloaded ones)."""
-    from mmcl.config import to_yaml
-
     return yaml.safe_load(to_yaml(cfg))
 
 

@@ -29,6 +29,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from mmcl.utils.paths import name_problem
+
 
 class ConfigError(ValueError):
     """A configuration problem, with the offending key named."""
@@ -265,8 +267,6 @@ class RunConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _name_is_a_file_name(cls, value: str) -> str:
-        from mmcl.utils.paths import name_problem  # the run name becomes part of the default run directory
-
         problem = name_problem(value)
         if problem is not None:
             raise PydanticCustomError("unsafe_name", "the run name {problem}; it becomes a folder name under runs/ "

@@ -34,6 +34,7 @@ import torch
 from mmcl.data.errors import DataError, DataProblem
 from mmcl.data.sample import Sample
 from mmcl.models.chat import answer_text, build_prompt
+from mmcl.models.dual import boi_token_id, image_tokenizer, supports_image_output
 
 IGNORE_INDEX = -100
 MAX_CHARS_PER_TOKEN = 32  # a prompt longer than this many characters per context position is refused untokenized
@@ -84,8 +85,6 @@ class Encoder:
     @classmethod
     def for_bundle(cls, bundle: Any, chunk: int = 64) -> Encoder:
         """The encoder of a loaded model (``ModelBundle``): with its image tokenizer when it can answer with images."""
-        from mmcl.models.dual import boi_token_id, image_tokenizer, supports_image_output
-
         positions = context_length(bundle.model)
         if supports_image_output(bundle.model):
             return cls(bundle.processor, chunk, image_tokenizer(bundle.model, bundle.processor),
