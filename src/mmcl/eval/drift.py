@@ -120,3 +120,46 @@ def image_features(model: Any, processor: Any, samples: Sequence[Sample], batch_
     finally:
         inner.train(was_training)
     return torch.stack(rows) if rows else torch.zeros(0, 0)
+
+
+class DriftTrack:
+    """The ``drift_probe`` track of a run: probes fitted once on the base, read after every stage.
+
+    ``fit`` runs before the first stage on the base model (tasks whose samples name fewer than two
+    categories get no probe and no cell); ``mark`` adds, to each prediction row of an evaluated
+    task, 1/0 for whether the probe still names the test image's category from the current
+    features (None for images without a label), so the track's cell is the probe's accuracy and
+    resumed or re-read cells give the same figure. ``state_dict`` / ``load_state_dict`` keep the
+    probes with the run (a resumed run can no longer see the base's features).
+    """
+
+    def __init__(self, train_images: int = 256) -> None:
+        self.train_images = train_images
+        self.probes: dict[str, LinearProbe] = {}
+
+    def fit(self, model: Any, processor: Any, tasks: Sequence[Any], batch_size: int = 32) -> None:
+        for task in tasks:
+            samples, labels = labelled(task.train)
+            samples, labels = samples[: self.train_images], labels[: self.train_images]
+            if len(set(labels)) >= 2:
+                self.probes[task.name] = LinearProbe.fit(image_features(model, processor, samples, batch_size), labels)
+
+    def mark(self, model: Any, processor: Any, task: Any, rows: list[dict[str, Any]], batch_size: int = 32) -> float | None:
+        """Write each row's ``tracks[DRIFT_TRACK]`` for ``task`` (rows in ``task.test`` order); returns the accuracy."""
+        probe = self.probes.get(task.name)
+        if probe is None:
+            return None
+        labels = [probe_label(s) for s in task.test]
+        keep = [i for i, lab in enumerate(labels) if lab is not None]
+        predicted = probe.predict(image_features(model, processor, [task.test[i] for i in keep], batch_size)) if keep else []
+        hits = dict(zip(keep, (p == labels[i] for i, p in zip(keep, predicted, strict=True)), strict=True))
+        for i, row in enumerate(rows):
+            row.setdefault("tracks", {})[DRIFT_TRACK] = float(hits[i]) if i in hits else None
+        return sum(hits.values()) / len(hits) if hits else None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: {"mean": p.mean, "std": p.std, "weight": p.weight, "classes": p.classes}
+                for name, p in self.probes.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.probes = {name: LinearProbe(**p) for name, p in state.items()}
