@@ -74,12 +74,12 @@ def build_test_method(model_dir: Path, name: str, *extra: str, setup: bool = Tru
     """The configured method on the test checkpoint, built as the runner builds it (set up unless told)."""
     from mmcl.benchmarks.builtin import build_benchmark
     from mmcl.config import load_config
-    from mmcl.methods import RunContext, build_method
+    from mmcl.methods import build_method
     from mmcl.models.loader import load_model
-    from mmcl.runner import seed_everything
+    from mmcl.runner import run_context, seed_everything
 
     cfg = load_config(overrides=quick_overrides(model_dir, f"method.name={name}", *extra))
-    method = build_method(RunContext(cfg, load_model(cfg.model), build_benchmark(cfg), seed=cfg.seed))
+    method = build_method(run_context(cfg, load_model(cfg.model), build_benchmark(cfg)))
     if setup:
         seed_everything(cfg.seed)
         method.setup(method.ctx.model)
@@ -91,16 +91,16 @@ def train_stage(method, t: int, finish: bool = True):
     from accelerate import Accelerator
 
     from mmcl.runner import seed_everything
-    from mmcl.train.encode import Encoder
     from mmcl.train.loop import train_on
 
     ctx = method.ctx
     task = ctx.benchmark.tasks[t]
     seed_everything(ctx.seed * 7919 + t)
     method.before_task(t, task)
-    encoded = Encoder.for_bundle(ctx.bundle).encode(method.train_samples(t, task), with_answer=True)
+    encoded = ctx.encode(method.train_samples(t, task), with_answer=True)
     stats = train_on(
-        method, encoded, ctx.config.train, Accelerator(cpu=True), t, ctx.seed, ctx.bundle.tokenizer.pad_token_id
+        method, encoded, ctx.config.train, Accelerator(cpu=True), t, ctx.seed, ctx.bundle.tokenizer.pad_token_id,
+        grad_clip=ctx.services.grad_clip,
     )
     if finish:
         method.after_task(t, task)

@@ -50,8 +50,8 @@ def lwf(tiny_llava_dir: Path) -> LwF:
     m = make_lwf(tiny_llava_dir)
     train_stage(m, 0)
     # The teacher adapter exists (frozen, counted) from setup; it is filled at the first before_task.
-    assert "teacher" in m.model.peft_config and not m.has_teacher
-    assert m.cost()["held_bytes"]["teacher_adapter"] == sum(4 * p.numel() for p in m.teacher_parameters()) > 0
+    assert "teacher" in m.model.peft_config and not m.teacher.ready
+    assert m.cost()["held_bytes"]["teacher_adapter"] == sum(4 * p.numel() for p in m.teacher.parameters()) > 0
     m.flags_before = grad_flags(m)  # type: ignore[attr-defined]
     m.before_task(1, m.ctx.benchmark.tasks[1])
     return m
@@ -64,12 +64,12 @@ def test_teacher_is_a_frozen_copy_in_the_same_model(lwf: LwF) -> None:
     assert student.keys() == teacher.keys() and len(student) > 0
     assert all(torch.equal(student[k], teacher[k]) for k in student)
     assert any(v.abs().sum() > 0 for k, v in student.items() if "lora_B" in k)  # really trained at stage 0
-    assert not any(p.requires_grad for p in lwf.teacher_parameters())
-    assert all(p.requires_grad for p in lwf.student_parameters())
+    assert not any(p.requires_grad for p in lwf.teacher.parameters())
+    assert all(p.requires_grad for p in lwf.teacher.student_parameters())
     # the copy changed no flag: the same trainable set as before, no second model
     assert grad_flags(lwf) == lwf.flags_before
-    teacher_numel = sum(p.numel() for p in lwf.teacher_parameters())
-    assert teacher_numel == sum(p.numel() for p in lwf.student_parameters())
+    teacher_numel = sum(p.numel() for p in lwf.teacher.parameters())
+    assert teacher_numel == sum(p.numel() for p in lwf.teacher.student_parameters())
     assert lwf.cost() == {"params_added_per_task": 0, "held_bytes": {"teacher_adapter": 4 * teacher_numel}}
 
 
@@ -101,7 +101,7 @@ def test_distillation_zero_at_copy_positive_after_perturbation(lwf: LwF) -> None
                 assert p.grad is not None, n
             else:
                 assert p.grad is None, n
-        assert any(float(p.grad.abs().sum()) > 0 for p in lwf.student_parameters())
+        assert any(float(p.grad.abs().sum()) > 0 for p in lwf.teacher.student_parameters())
         # T² * KL at T: a larger weight scales it linearly
         lwf.options = lwf.options.model_copy(update={"weight": 3.0})
         assert lwf.extra_loss(batch, model(**batch), 1).item() == pytest.approx(3 * loss.item(), rel=1e-5)
@@ -120,7 +120,7 @@ def test_distillation_matches_a_direct_computation(lwf: LwF) -> None:
     student += torch.randn(
         student.shape, generator=torch.Generator().manual_seed(1)
     )  # differ from the teacher
-    teacher = lwf.teacher_logits(batch).double()
+    teacher = lwf.teacher.logits(batch).double()
     T = lwf.options.temperature
     mask = batch["labels"][:, 1:] != -100
     expected, n = 0.0, 0
@@ -130,7 +130,7 @@ def test_distillation_matches_a_direct_computation(lwf: LwF) -> None:
         expected += float((p * (p.log() - q.log())).sum())
         n += 1
     assert n == int(mask.sum()) > 0
-    got = lwf.distillation_loss(batch, student).item()
+    got = lwf.teacher.distillation_loss(batch, student, T).item()
     assert got == pytest.approx(expected / n * T * T, rel=1e-4) and got > 0
 
 

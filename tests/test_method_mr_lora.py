@@ -112,14 +112,12 @@ def test_unparsable_replies_fall_back_to_a_random_seen_expert(tiny_llava_dir: Pa
     train_stage(method, 1)
     task = method.ctx.benchmark.tasks[0]
     # an untrained-enough router replies with anything: force it to reply nothing useful
-    import mmcl.methods.mr_lora as mr
-
-    original = mr.generate_answers
-    mr.generate_answers = lambda *a, **k: ["no letter here"] * len(a[2])
+    services = method.ctx.services
+    services.generate = lambda model, samples, *a, **k: ["no letter here"] * len(samples)
     try:
         names = method.route(task.test, task)
     finally:
-        mr.generate_answers = original
+        del services.generate
     assert names is not None and set(names) <= {expert_name(0), expert_name(1)}
     assert method.fallbacks == {"stage 2": len(task.test)}
     assert method.sample_tracks(task)["router_fallback"] == [1.0] * len(task.test)

@@ -63,13 +63,13 @@ def test_memory_holds_questions_only_k_per_task() -> None:
     ctx = synthetic_ctx("method.questions_per_task=5")
     method = fill_memory(ctx)
     t0, t1 = ctx.benchmark.tasks
-    assert [q.task for q in method.memory] == ["t0"] * 5 + ["t1"] * 3  # k per task, or all of a smaller task
+    assert [q.task for q in method.replay.memory] == ["t0"] * 5 + ["t1"] * 3  # k per task, or all of a smaller task
     assert {f.name for f in fields(StoredQuestion)} == {"question", "category", "task", "sample_id"}
     by_id = {s.id: s for t in (t0, t1) for s in t.train}
-    for q in method.memory:
+    for q in method.replay.memory:
         sample = by_id[q.sample_id]
         assert (q.question, q.category, q.task) == (sample.question, sample.meta["category"], sample.task)
-    assert len({q.sample_id for q in method.memory}) == 8
+    assert len({q.sample_id for q in method.replay.memory}) == 8
     # JSON-friendly, and nothing but the question, its category and its provenance
     state = json.loads(json.dumps(method.state_dict()))
     assert all(set(entry) == {"question", "category", "task", "sample_id"} for entry in state["memory"])
@@ -78,19 +78,19 @@ def test_memory_holds_questions_only_k_per_task() -> None:
     assert cost["questions_stored"] == 8 and cost["params_added_per_task"] == 0
     assert cost["held_bytes"] == {
         "teacher_adapter": 0,
-        "question_memory": sum(len(q.question) + len(q.category or "") for q in method.memory),
+        "question_memory": sum(len(q.question) + len(q.category or "") for q in method.replay.memory),
     }
     # the selection is random with the run seed: the same again, another with another seed
-    assert fill_memory(synthetic_ctx("method.questions_per_task=5")).memory == method.memory
-    assert fill_memory(synthetic_ctx("method.questions_per_task=5", seed=1)).memory != method.memory
+    assert fill_memory(synthetic_ctx("method.questions_per_task=5")).replay.memory == method.replay.memory
+    assert fill_memory(synthetic_ctx("method.questions_per_task=5", seed=1)).replay.memory != method.replay.memory
 
 
 def test_state_dict_round_trip_and_refusal() -> None:
     method = fill_memory(synthetic_ctx("method.questions_per_task=4"))
     fresh = build_method(synthetic_ctx("method.questions_per_task=4"))
-    assert isinstance(fresh, Quad) and fresh.memory == []
+    assert isinstance(fresh, Quad) and fresh.replay.memory == []
     fresh.load_state_dict(json.loads(json.dumps(method.state_dict())))
-    assert fresh.memory == method.memory and fresh.cost() == method.cost()
+    assert fresh.replay.memory == method.replay.memory and fresh.cost() == method.cost()
     state = method.state_dict()
     state["memory"][0]["task"] = "gone"
     with pytest.raises(KeyError, match=r"tasks \['gone'\] that the benchmark does not have"):
@@ -122,45 +122,45 @@ def grad_flags(method: Quad) -> dict[str, bool]:
 
 
 def attn_implementations(method: Quad) -> tuple[str, str]:
-    cfg = method.hf_model.config
+    cfg = method.replay.hf_model.config
     return cfg.text_config._attn_implementation, cfg.vision_config._attn_implementation
 
 
 def test_replayed_questions_are_object_matched(quad: Quad) -> None:
     tasks = quad.ctx.benchmark.tasks
     # stage 1 (underwater) shares no category with the memory: uniform over what is stored
-    assert len(quad.pairs) == len(tasks[1].train) == 16
-    assert {p.meta["question_task"] for p in quad.pairs} == {tasks[0].name}
+    assert len(quad.replay.pairs) == len(tasks[1].train) == 16
+    assert {p.meta["question_task"] for p in quad.replay.pairs} == {tasks[0].name}
     # pairs: current images, old questions, no stored answers (the teacher's go in their place)
     current = {s.id: s for s in tasks[1].train}
-    stored = {(q.question, q.sample_id) for q in quad.memory}
-    for p in quad.pairs:
+    stored = {(q.question, q.sample_id) for q in quad.replay.memory}
+    for p in quad.replay.pairs:
         assert p.image is current[p.meta["image_id"]].image and p.task == tasks[1].name
         assert (p.question, p.meta["question_id"]) in stored
     # stage 2 (high-altitude) with high-altitude and underwater questions stored
-    memory, pairs = list(quad.memory), list(quad.pairs)
+    memory, pairs = list(quad.replay.memory), list(quad.replay.pairs)
     try:
         quad.after_task(1, tasks[1])
-        assert {q.task for q in quad.memory} == {tasks[0].name, tasks[1].name}
-        matched = quad.build_pairs(2, tasks[2])
+        assert {q.task for q in quad.replay.memory} == {tasks[0].name, tasks[1].name}
+        matched = quad.replay.build_pairs(2, tasks[2])
         assert {p.meta["question_task"] for p in matched} == {tasks[0].name}
         assert {p.meta["category"] for p in matched} <= HIGH_ALTITUDE
-        quad.options = quad.options.model_copy(update={"selection": "random"})
-        uniform = quad.build_pairs(2, tasks[2])
+        quad.replay.options = quad.replay.options.model_copy(update={"selection": "random"})
+        uniform = quad.replay.build_pairs(2, tasks[2])
         assert {p.meta["question_task"] for p in uniform} == {tasks[0].name, tasks[1].name}
     finally:
-        quad.options = quad.options.model_copy(update={"selection": "object"})
-        quad.memory, quad.pairs = memory, pairs
+        quad.replay.options = quad.replay.options.model_copy(update={"selection": "object"})
+        quad.replay.memory, quad.replay.pairs = memory, pairs
 
 
 def test_teacher_is_a_frozen_copy_and_costs_one_adapter(quad: Quad) -> None:
     assert set(quad.model.peft_config) == {"default", "teacher"} and quad.model.active_adapter == "default"
-    assert not any(p.requires_grad for p in quad.teacher_parameters())
+    assert not any(p.requires_grad for p in quad.replay.teacher.parameters())
     flags = grad_flags(quad)
     assert {n: f for n, f in flags.items() if ".teacher." not in n} == {
         n: f for n, f in quad.flags_before.items() if ".teacher." not in n
     }
-    teacher_bytes = sum(4 * p.numel() for p in quad.teacher_parameters())
+    teacher_bytes = sum(4 * p.numel() for p in quad.replay.teacher.parameters())
     assert quad.cost()["held_bytes"]["teacher_adapter"] == teacher_bytes > 0
 
 
@@ -185,12 +185,12 @@ def restore_student(quad: Quad, saved: dict[str, torch.Tensor]) -> None:
 def test_losses_zero_against_identical_teacher_positive_after_change(quad: Quad) -> None:
     model = quad.model
     model.train()
-    replay = quad.replay_batch(torch.device("cpu"))
+    replay = quad.replay.replay_batch(torch.device("cpu"))
     assert replay["input_ids"].shape[0] == quad.ctx.config.train.batch_size
     assert (replay["labels"] != -100).any(dim=1).all()  # teacher-forced on the teacher's answer + eos
     flags, impl = grad_flags(quad), attn_implementations(quad)
     assert impl == ("sdpa", "sdpa")
-    replay_kl, attention = quad.stability_losses(replay)
+    replay_kl, attention = quad.replay.stability_losses(replay)
     assert replay_kl.requires_grad and attention.requires_grad
     assert abs(replay_kl.item()) < 1e-6 and abs(attention.item()) < 1e-6
     # nothing the loop relies on has changed: flags, adapter, train mode, attention implementation
@@ -198,7 +198,7 @@ def test_losses_zero_against_identical_teacher_positive_after_change(quad: Quad)
     assert attn_implementations(quad) == impl
     saved = perturb_student(quad)
     try:
-        replay_kl, attention = quad.stability_losses(replay)
+        replay_kl, attention = quad.replay.stability_losses(replay)
         assert replay_kl.item() > 1e-3 and attention.item() > 1e-5
         assert grad_flags(quad) == flags and attn_implementations(quad) == impl
         # the gradient of the extra loss reaches the student adapter only
@@ -208,37 +208,37 @@ def test_losses_zero_against_identical_teacher_positive_after_change(quad: Quad)
                 assert p.grad is not None, n
             else:
                 assert p.grad is None, n
-        assert all(float(p.grad.abs().sum()) > 0 for p in quad.student_parameters() if p.grad is not None)
+        assert all(float(p.grad.abs().sum()) > 0 for p in quad.replay.teacher.student_parameters() if p.grad is not None)
         # extra_loss = λ / (1 - λ) * (replay_weight * KL + attention_weight * ACD) on a drawn batch
-        quad._draw = random.Random(7)
-        kl, acd = (x.item() for x in quad.stability_losses(quad.replay_batch(torch.device("cpu"))))
-        quad.options = quad.options.model_copy(update={"stability_weight": 0.8, "replay_weight": 2.0})
-        quad._draw = random.Random(7)
+        quad.replay._draw = random.Random(7)
+        kl, acd = (x.item() for x in quad.replay.stability_losses(quad.replay.replay_batch(torch.device("cpu"))))
+        quad.replay.options = quad.replay.options.model_copy(update={"stability_weight": 0.8, "replay_weight": 2.0})
+        quad.replay._draw = random.Random(7)
         extra = quad.extra_loss(replay, None, 1)
         assert extra is not None and extra.item() == pytest.approx(4 * (2 * kl + acd), rel=1e-4)
         # attention_weight=0: no attention maps, and no switch to eager attention
-        quad.options = quad.options.model_copy(update={"attention_weight": 0.0})
+        quad.replay.options = quad.replay.options.model_copy(update={"attention_weight": 0.0})
         switched = []
-        quad.hf_model.set_attn_implementation = lambda impl: switched.append(impl)
+        quad.replay.hf_model.set_attn_implementation = lambda impl: switched.append(impl)
         try:
-            _, attention = quad.stability_losses(replay)
+            _, attention = quad.replay.stability_losses(replay)
         finally:
-            del quad.hf_model.set_attn_implementation
+            del quad.replay.hf_model.set_attn_implementation
         assert attention.item() == 0.0 and switched == []
     finally:
-        quad.options = QuadOptions(questions_per_task=5)
+        quad.replay.options = QuadOptions(questions_per_task=5)
         restore_student(quad, saved)
 
 
 def test_attention_loss_matches_a_direct_computation(quad: Quad) -> None:
     """The hooks read the same maps as ``output_attentions=True`` under eager, on the rows after the image."""
-    model, base = quad.model, quad.hf_model
-    replay = quad.replay_batch(torch.device("cpu"))
+    model, base = quad.model, quad.replay.hf_model
+    replay = quad.replay.replay_batch(torch.device("cpu"))
     inputs = {k: v for k, v in replay.items() if k != "labels"}
     saved = perturb_student(quad)
     flags = grad_flags(quad)
     try:
-        got = quad.stability_losses(replay)[1].item()
+        got = quad.replay.stability_losses(replay)[1].item()
         base.set_attn_implementation({"text_config": "eager"})
         with torch.no_grad():
             student = model(**inputs, output_attentions=True).attentions
@@ -272,18 +272,18 @@ def test_attention_loss_matches_a_direct_computation(quad: Quad) -> None:
 
 
 def test_attention_layers_select_and_refuse(quad: Quad, tiny_llava_dir: Path) -> None:
-    assert len(quad.distilled_attention) == 2  # all layers of the test checkpoint
-    quad.options = quad.options.model_copy(update={"attention_layers": [-1]})
+    assert len(quad.replay.distilled_attention) == 2  # all layers of the test checkpoint
+    quad.replay.options = quad.replay.options.model_copy(update={"attention_layers": [-1]})
     try:
-        last = quad.hf_model.get_decoder().layers[-1].self_attn
-        assert quad._attention_modules() == [last]
-        quad.options = quad.options.model_copy(update={"attention_layers": [0, 2]})
+        last = quad.replay.hf_model.get_decoder().layers[-1].self_attn
+        assert quad.replay._attention_modules() == [last]
+        quad.replay.options = quad.replay.options.model_copy(update={"attention_layers": [0, 2]})
         with pytest.raises(
             ValueError, match=r"attention_layers \[2\] out of range for a language model with 2 layers"
         ):
-            quad._attention_modules()
+            quad.replay._attention_modules()
     finally:
-        quad.options = QuadOptions(questions_per_task=5)
+        quad.replay.options = QuadOptions(questions_per_task=5)
 
 
 def test_end_to_end(tiny_llava_dir: Path, tmp_path: Path) -> None:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import build_test_method, run_quick, train_stage
 
+from mmcl.adapters.vision_branches import BranchModule, BranchOutputs, install_branches
 from mmcl.methods.unifier import Unifier, consistency_loss, two_channel_kl
-from mmcl.models.vision_branches import BranchModule, BranchOutputs, install_branches
 from mmcl.train.encode import Encoder, collate_train
 
 # Scenarios: high-altitude (branch 0), underwater (branch 1), then high-altitude again.
@@ -44,8 +44,8 @@ def test_branches_sit_in_every_vision_block_and_leave_the_model_unchanged(tiny_l
         expected = base.ctx.model.eval()(**batch).logits
     method = make(tiny_llava_dir)
     blocks = [n for n, _ in method.model.named_modules() if n.endswith("encoder.layers.0")]
-    assert method.branches is not None and len(method.branches) == len(blocks) == 1
-    assert method.num_branches == 2 and method.keys == ["high-altitude", "underwater"]
+    assert method.vision.branches is not None and len(method.vision.branches) == len(blocks) == 1
+    assert method.vision.num_branches == 2 and method.vision.keys == ["high-altitude", "underwater"]
     with torch.no_grad():
         got = method.model.eval()(**batch).logits
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
@@ -82,7 +82,7 @@ def test_a_scenario_branch_is_reopened_not_reinitialised(tiny_llava_dir: Path) -
     assert all(p.abs().sum() > 0 for p in branch0.values()), "branch 0 did not learn in its first step"
     train_stage(method, 1)
     method.before_task(2, method.ctx.benchmark.tasks[2])  # high-altitude again: the same branch
-    assert method.branch == 0
+    assert method.vision.branch == 0
     params = dict(method.model.named_parameters())
     for n, w in branch0.items():  # reopened exactly as it was left, and trainable again
         assert torch.equal(params[n].detach(), w) and params[n].requires_grad, n
@@ -133,7 +133,7 @@ def test_vcc_gradient_reaches_only_the_active_branch_and_projections(tiny_llava_
     out = method.model.train()(**batch)
     with torch.no_grad():
         at_start = method.extra_loss(batch, out, 1)
-    assert method.branches is not None and method.branches.has_teacher
+    assert method.vision.branches is not None and method.vision.branches.has_teacher
     # The student equals its teacher at the start of the step, so L_p is 0; L_c is not (branch 0
     # learned, branch 1 is still zero).
     assert at_start.item() > 0
@@ -150,13 +150,13 @@ def test_projector_term_is_zero_against_an_identical_teacher(tiny_llava_dir: Pat
     method = make(tiny_llava_dir, "method.lm_lora=false")
     train_stage(method, 0)
     method.before_task(1, method.ctx.benchmark.tasks[1])
-    assert method.branches is not None
+    assert method.vision.branches is not None
     batch = a_batch(method, 1)
     method.model.eval()
     with torch.no_grad():
         method.model(**batch)
-        student = method.branches.recorded()
-        teacher = method.branches.teacher_outputs(lambda: method.vision_forward({"pixel_values": batch["pixel_values"]}))
+        student = method.vision.branches.recorded()
+        teacher = method.vision.branches.teacher_outputs(lambda: method.vision.vision_forward({"pixel_values": batch["pixel_values"]}))
     for s, t in zip(student, teacher, strict=True):
         torch.testing.assert_close(s.projected, t.projected)
         assert two_channel_kl(t.projected, s.projected, 1.0).item() == pytest.approx(0.0, abs=1e-6)
@@ -259,19 +259,19 @@ def test_unifier_quad_teacher_is_the_whole_previous_model(tiny_llava_dir: Path) 
     assert isinstance(method, UnifierQuad)
     train_stage(method, 0)
     method.before_task(1, method.ctx.benchmark.tasks[1])
-    assert method.pairs and method.branches is not None and method.branches.has_teacher
-    replay = method.replay_batch(torch.device("cpu"))
+    assert method.replay.pairs and method.vision.branches is not None and method.vision.branches.has_teacher
+    replay = method.replay.replay_batch(torch.device("cpu"))
     method.model.eval()
     with torch.no_grad():
-        kl, attention = method.stability_losses(replay)  # the student still is the teacher
+        kl, attention = method.replay.stability_losses(replay)  # the student still is the teacher
     assert kl.item() == pytest.approx(0.0, abs=1e-6) and attention.item() == pytest.approx(0.0, abs=1e-6)
-    teacher_before = method.teacher_logits(replay)
+    teacher_before = method.replay.teacher.logits(replay)
     with torch.no_grad():  # move the live branches only: the teacher (its own frozen copies) must not move
-        for m in method.branches.modules:
+        for m in method.vision.branches.modules:
             m.up[0].weight.add_(0.5)
-    torch.testing.assert_close(method.teacher_logits(replay), teacher_before)
+    torch.testing.assert_close(method.replay.teacher.logits(replay), teacher_before)
     with torch.no_grad():
-        kl, _ = method.stability_losses(replay)
+        kl, _ = method.replay.stability_losses(replay)
     assert kl.item() > 1e-4, "the student's changed branches did not show in the replay distillation"
 
 

@@ -39,6 +39,7 @@ import pickle
 import random
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -60,17 +61,19 @@ from mmcl.config import RunConfig, check_trackers_installed, flat_config, to_yam
 from mmcl.data.sample import Benchmark, Sample, Task
 from mmcl.eval import budget
 from mmcl.eval.evaluator import ERROR_TRACKS, IMAGE_KEY, TRACK_PREFIX, TaskResult, evaluate_task
-from mmcl.eval.generate import Shard
+from mmcl.eval.generate import Shard, generate_answers
 from mmcl.methods import METHODS, Method, RunContext, build_method
 from mmcl.methods.base import count_trainable
 from mmcl.models.dual import boi_token_id, supports_image_output
-from mmcl.models.loader import load_model
+from mmcl.models.loader import ModelBundle, load_model
 from mmcl.report.html import write_html_report
 from mmcl.report.markdown import write_report
 from mmcl.report.protocols import protocols
 from mmcl.report.results import compute_track_metrics, write_matrix_csv
 from mmcl.train import feature_cache
-from mmcl.train.encode import Encoded, Encoder
+from mmcl.train.dual import forward_batch
+from mmcl.train.encode import Encoded, Encoder, collate_train
+from mmcl.train.hooks import GradClip
 from mmcl.train.loop import TrainStats, num_update_steps, train_on
 from mmcl.utils.host import cpu_signature, host_info
 from mmcl.utils.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -183,6 +186,65 @@ def _pass_stats(stats: TrainStats, n_samples: int) -> dict[str, Any]:
     }
 
 
+class RunServices:
+    """The services a method calls through its run context (:class:`mmcl.methods.base.Services`).
+
+    ``encode``: the run's encoder; ``collate`` / ``forward``: the loop's collation and forward pass
+    (without prompt blanking); ``generate``: batched greedy generation with ``eval.batch_size`` (every
+    process generates all answers); ``update_steps``: the loop's step count for ``train.*``;
+    ``clip_scale``: the factor the loop's gradient clipping is about to apply (``grad_clip``, which
+    the runner hands to :func:`mmcl.train.loop.train_on`).
+    """
+
+    def __init__(self, cfg: RunConfig, bundle: ModelBundle, device: torch.device, encoder: Encoder | None = None,
+                 num_processes: int = 1) -> None:
+        self.cfg, self.bundle, self.device = cfg, bundle, device
+        self.encoder = encoder if encoder is not None else Encoder.for_bundle(bundle)
+        self.num_processes = num_processes
+        self.grad_clip = GradClip()
+
+    def encode(self, samples: Sequence[Sample], with_answer: bool) -> list[Encoded]:
+        return self.encoder.encode(samples, with_answer=with_answer)
+
+    def collate(self, encoded: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        return collate_train(encoded, self.bundle.tokenizer.pad_token_id)
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        return forward_batch(model, batch)
+
+    def generate(self, model: torch.nn.Module, samples: Sequence[Sample], max_new_tokens: int,
+                 adapter_names: Sequence[str] | None = None) -> list[str]:
+        return generate_answers(
+            model, self.bundle.tokenizer, self.encode(samples, with_answer=False),
+            batch_size=self.cfg.eval.batch_size, max_new_tokens=max_new_tokens, adapter_names=adapter_names,
+            device=self.device,
+        )
+
+    def update_steps(self, n_samples: int) -> int:
+        return num_update_steps(n_samples, self.cfg.train, self.num_processes)
+
+    def clip_scale(self) -> float:
+        return self.grad_clip.scale()
+
+
+def run_context(
+    cfg: RunConfig,
+    bundle: ModelBundle,
+    benchmark: Benchmark,
+    device: torch.device | None = None,
+    seed: int | None = None,
+    *,
+    encoder: Encoder | None = None,
+    num_processes: int = 1,
+    train_extra: Any = None,
+) -> RunContext:
+    """A method's run context with the runner's services (what :class:`Runner` builds; tests use it too)."""
+    device = device if device is not None else torch.device("cpu")
+    services = RunServices(cfg, bundle, device, encoder, num_processes)
+    return RunContext(cfg, bundle, benchmark, device, cfg.seed if seed is None else seed,
+                      train_extra=train_extra, services=services)
+
+
 class Runner:
     """Builds everything from a RunConfig and runs the stream."""
 
@@ -239,13 +301,15 @@ class Runner:
             self.console.print(f"[dim]{self.benchmark.name} has image answers: model.preset defaults to {DUAL_PRESET}[/]")
         self.bundle = load_model(cfg.model)
         self.bundle.model.to(self.device)
-        self.ctx = RunContext(cfg, self.bundle, self.benchmark, self.device, cfg.seed, train_extra=self._train_extra)
+        self.encoder = Encoder.for_bundle(self.bundle)
+        self.ctx = run_context(cfg, self.bundle, self.benchmark, self.device, cfg.seed, encoder=self.encoder,
+                               num_processes=self.accelerator.num_processes, train_extra=self._train_extra)
+        self.services: RunServices = self.ctx.services  # type: ignore[assignment]
         self._extra_stats: list[dict[str, Any]] = []  # passes a method trained through ctx.train_extra this stage
         self.method: Method = build_method(self.ctx)
         self.tracker = ckpt.TrainableTracker(self.bundle.model)  # before setup: these are the base weights
         seed_everything(cfg.seed)
         self.model = self.method.setup(self.bundle.model)
-        self.encoder = Encoder.for_bundle(self.bundle)
         self._test_cache: dict[str, list[Encoded]] = {}
         self.feature_cache, self._feature_cache_state = feature_cache.attach(
             cfg.train.feature_cache, self.method.model, cfg.train.feature_cache_mb,
@@ -561,7 +625,7 @@ class Runner:
 
         stats = train_on(
             self.method, encoded, cfg.train, self.accelerator, t, cfg.seed,
-            self.bundle.tokenizer.pad_token_id, on_step,
+            self.bundle.tokenizer.pad_token_id, on_step, grad_clip=self.services.grad_clip,
         )
         self.progress.remove_task(bar)
         self._extra_stats = []
@@ -602,7 +666,8 @@ class Runner:
 
         seed = self.cfg.seed * 7919 + 104729 * (len(self._extra_stats) + 1)  # differs from the stage's own pass
         stats = train_on(
-            self.method, encoded, tcfg, self.accelerator, t, seed, self.bundle.tokenizer.pad_token_id, on_step
+            self.method, encoded, tcfg, self.accelerator, t, seed, self.bundle.tokenizer.pad_token_id, on_step,
+            grad_clip=self.services.grad_clip,
         )
         self.progress.remove_task(bar)
         record = {"label": label, **_pass_stats(stats, len(encoded))}

@@ -5,17 +5,29 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from mmcl.data.sample import Task
+from mmcl.data.sample import Sample, Task
 from mmcl.eval.dual import DEFAULT_CFG_SCALE, ImageOutput, generate_dual_answers
 from mmcl.eval.generate import Shard, generate_answers
 from mmcl.eval.outputs import Expectation, Output, classify_sample, judged_content
 from mmcl.eval.scorers import call_scorer, get_scorer, sample_context
-from mmcl.methods.base import Method
 from mmcl.train.encode import Encoded
+
+
+class EvaluationHooks(Protocol):
+    """What :func:`evaluate_task` calls on a method (see :class:`mmcl.methods.base.Method`): the model
+    to generate with, and the routing hooks (adapter per sample, further routings, per-sample tracks)."""
+
+    model: torch.nn.Module
+
+    def route(self, samples: list[Sample], task: Task) -> list[str] | None: ...
+
+    def extra_routes(self, samples: list[Sample], task: Task) -> dict[str, list[str]]: ...
+
+    def sample_tracks(self, task: Task) -> dict[str, list[float | None]]: ...
 
 
 @dataclass
@@ -95,7 +107,7 @@ def add_error_classes(task: Task, predictions: list[str], rows: list[dict[str, A
 
 
 def evaluate_task(
-    method: Method,
+    method: EvaluationHooks,
     task: Task,
     encoded: list[Encoded],
     tokenizer,

@@ -17,24 +17,34 @@ A method never copies the loop. The runner calls, for each stage t with task T_t
 each stage), "joint" (train once on the union, evaluate once), "none" (no training).
 ``state_dict``/``load_state_dict`` hold everything a resumed run needs besides the
 model weights; ``cost`` reports memory the method holds between tasks.
+
+A method never imports the training loop or the evaluator: what it needs of them comes
+through its :class:`RunContext`'s services (``ctx.encode``, ``ctx.collate``, ``ctx.forward``,
+``ctx.generate``, ``ctx.update_steps``, ``ctx.clip_scale``, ``ctx.train_extra``), which the
+runner fills (:func:`mmcl.runner.run_context`). See docs/extending.md.
 """
 
 from __future__ import annotations
 
 import difflib
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Union, get_args, get_origin
 
 import torch
+from peft import LoraConfig
 from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from mmcl.adapters.lora import lora_config
 from mmcl.config import RunConfig
 from mmcl.data.sample import Benchmark, Sample, Task
 from mmcl.models.loader import ModelBundle
 from mmcl.registry import Registry
+
+if TYPE_CHECKING:
+    from mmcl.train.encode import Encoded
 
 
 def _takes_bool(annotation: Any) -> bool:
@@ -63,9 +73,33 @@ class MethodOptions(BaseModel):
         return value
 
 
+class Services(Protocol):
+    """What the runner lends a method (``RunContext.services``); a method calls them as ``ctx.<name>``.
+
+    The runner's implementation is :class:`mmcl.runner.RunServices` (the run's encoder, the loop's
+    collation and forward, batched greedy generation, the loop's step count and gradient clipping).
+    """
+
+    def encode(self, samples: Sequence[Sample], with_answer: bool) -> list[Encoded]: ...
+
+    def collate(self, encoded: Sequence[Encoded]) -> dict[str, torch.Tensor]: ...
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any: ...
+
+    def generate(
+        self, model: torch.nn.Module, samples: Sequence[Sample], max_new_tokens: int,
+        adapter_names: Sequence[str] | None = None,
+    ) -> list[str]: ...
+
+    def update_steps(self, n_samples: int) -> int: ...
+
+    def clip_scale(self) -> float: ...
+
+
 @dataclass
 class RunContext:
-    """What a method may look at: the config, the model bundle, the stream, the device."""
+    """What a method may look at (the config, the model bundle, the stream, the device, the seed)
+    and the runner's services it may call (see docs/extending.md, "The run context")."""
 
     config: RunConfig
     bundle: ModelBundle
@@ -76,10 +110,55 @@ class RunContext:
     """Set by the runner: ``train_extra(samples, label, **train_overrides)`` trains ``samples`` with the
     shared loop on whatever is trainable now (e.g. a router adapter in ``after_task``) and returns the
     pass's statistics. ``train_overrides`` replace ``train.*`` fields (epochs, lr, ...) for that pass."""
+    services: Services | None = None
+    """Set by the runner (:func:`mmcl.runner.run_context`); the methods below delegate to it."""
 
     @property
     def model(self) -> torch.nn.Module:
         return self.bundle.model
+
+    def lora_config(self) -> LoraConfig:
+        """The run's peft LoRA config (``model.lora_*``, the family's targets): :func:`mmcl.adapters.lora.lora_config`."""
+        return lora_config(self.config.model, self.bundle.family)
+
+    def _services(self) -> Services:
+        if self.services is None:
+            raise RuntimeError(
+                "this RunContext has no services (encode, generate, ...): build it with mmcl.runner.run_context(), "
+                "as the runner does"
+            )
+        return self.services
+
+    def encode(self, samples: Sequence[Sample], with_answer: bool = True) -> list[Encoded]:
+        """``samples`` encoded as the run encodes them: prompt + answer + eos with ``with_answer``
+        (labels on the answer), else the prompt for generation."""
+        return self._services().encode(samples, with_answer)
+
+    def collate(self, encoded: Sequence[Encoded]) -> dict[str, torch.Tensor]:
+        """A training batch of encoded samples (right padding, labels), as the loop collates them (on the CPU)."""
+        return self._services().collate(encoded)
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """The loop's forward pass of ``model`` on a training batch (``.loss``, ``.logits``; image answers
+        included), without the loop's prompt blanking (``train.image_uncond_prob``)."""
+        return self._services().forward(model, batch)
+
+    def generate(
+        self, model: torch.nn.Module, samples: Sequence[Sample], max_new_tokens: int,
+        adapter_names: Sequence[str] | None = None,
+    ) -> list[str]:
+        """Greedy text answers of ``model`` to ``samples`` (in order), batched by ``eval.batch_size``;
+        ``adapter_names``: a peft adapter per sample."""
+        return self._services().generate(model, samples, max_new_tokens, adapter_names)
+
+    def update_steps(self, n_samples: int) -> int:
+        """The update steps the loop runs on ``n_samples`` training samples with ``train.*`` (all processes)."""
+        return self._services().update_steps(n_samples)
+
+    def clip_scale(self) -> float:
+        """In ``after_backward``: the factor the loop's gradient clipping (``train.max_grad_norm``) is about
+        to apply to the gradients, ``min(1, max_grad_norm / (||g||_2 + 1e-6))``; 1 without clipping."""
+        return self._services().clip_scale()
 
 
 def copy_tensors_into(own: dict[str, torch.Tensor], saved: dict[str, torch.Tensor], who: str) -> None:

@@ -43,8 +43,6 @@ from pydantic import Field
 from mmcl.data.sample import Task
 from mmcl.methods.base import METHODS, MethodOptions
 from mmcl.methods.lora_ft import LoraFT
-from mmcl.train.dual import forward_batch
-from mmcl.train.encode import Encoder, collate_train
 
 TensorDict = dict[str, torch.Tensor]
 
@@ -142,8 +140,7 @@ class EWC(LoraFT):
         rng = random.Random(f"mmcl-ewc:{self.ctx.seed}:{stage}")
         n = min(len(task.train), o.fisher_batches * o.fisher_batch_size)
         samples = rng.sample(list(task.train), n)
-        encoded = Encoder.for_bundle(self.ctx.bundle).encode(samples, with_answer=True)
-        pad_id = self.ctx.bundle.tokenizer.pad_token_id
+        encoded = self.ctx.encode(samples, with_answer=True)
         names = list(self._params)
         params = [self._params[k] for k in names]
         fisher = {k: torch.zeros_like(p, dtype=torch.float32) for k, p in self._params.items()}
@@ -154,9 +151,9 @@ class EWC(LoraFT):
         try:
             with torch.enable_grad():
                 for start in range(0, len(encoded), o.fisher_batch_size):
-                    batch = collate_train(encoded[start : start + o.fisher_batch_size], pad_id)
+                    batch = self.ctx.collate(encoded[start : start + o.fisher_batch_size])
                     batch = {k: v.to(device) for k, v in batch.items()}
-                    loss = forward_batch(self.model, batch).loss
+                    loss = self.ctx.forward(self.model, batch).loss
                     grads = torch.autograd.grad(loss, params, allow_unused=True)
                     for k, g in zip(names, grads, strict=True):
                         if g is not None:

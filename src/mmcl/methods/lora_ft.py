@@ -3,33 +3,13 @@
 from __future__ import annotations
 
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import get_peft_model
 
 from mmcl.methods.base import METHODS, Method, MethodOptions
 
 
 class LoraOptions(MethodOptions):
     """No options of its own: rank, alpha and targets come from ``model.lora_*``."""
-
-
-def lora_config(method: Method) -> LoraConfig:
-    """The run's LoRA config for the model family (targets: the LM's linear layers by default)."""
-    m = method.ctx.config.model
-    fam = method.ctx.bundle.family
-    targets = m.lora_targets or fam.lora_targets
-    if m.lora_vision:
-        if not isinstance(targets, str):
-            raise ValueError("model.lora_vision needs model.lora_targets to be a regex (or unset)")
-        targets = f"(?:{targets})|(?:{fam.vision_lora_targets})"
-    return LoraConfig(
-        r=m.lora_rank,
-        lora_alpha=m.lora_alpha,
-        lora_dropout=m.lora_dropout,
-        target_modules=targets,
-        # the full path: peft matches by suffix, and Janus' "aligner" would also catch "generation_aligner"
-        modules_to_save=[fam.projector] if m.train_projector else None,
-        task_type=None,
-    )
 
 
 @METHODS.register("lora-ft")
@@ -42,5 +22,5 @@ class LoraFT(Method):
 
     def setup(self, model: torch.nn.Module) -> torch.nn.Module:
         torch.manual_seed(self.ctx.seed)
-        self.model = get_peft_model(model, lora_config(self))
+        self.model = get_peft_model(model, self.ctx.lora_config())
         return self.model

@@ -22,6 +22,8 @@ the optimizer's view of the trainable parameters never changes and the teacher s
 frozen. The copy uses peft's own ``get_peft_model_state_dict`` / ``set_peft_model_state_dict``
 (which also carries a trained projector when ``model.train_projector`` is on).
 
+The teacher is a part the method holds (:class:`TeacherAdapter`); ``quad`` holds one too.
+
 ``state_dict`` is empty: the teacher is by definition the ``default`` adapter as it was
 at the start of the stage, so a run resumed at a stage boundary rebuilds it in
 ``before_task``.
@@ -35,6 +37,9 @@ do not allow.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -42,10 +47,11 @@ import torch.nn.functional as F
 from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from pydantic import Field
 
+from mmcl.adapters.pool import adapter_parameters
 from mmcl.data.sample import Task
-from mmcl.methods.base import METHODS, MethodOptions
-from mmcl.methods.lora_ft import LoraFT, lora_config
-from mmcl.train.encode import IGNORE_INDEX
+from mmcl.methods.base import METHODS, MethodOptions, RunContext
+from mmcl.methods.lora_ft import LoraFT
+from mmcl.models.chat import IGNORE_INDEX
 
 STUDENT = "default"
 TEACHER = "teacher"
@@ -60,6 +66,99 @@ class LwFOptions(MethodOptions):
     )
 
 
+class TeacherAdapter:
+    """A frozen ``teacher`` copy of the ``default`` LoRA adapter on the same peft model, and the
+    distillation towards it (see the module docstring). ``around``: a context entered around every
+    teacher forward (``unifier-quad`` runs it with the frozen vision branches of the previous step)."""
+
+    def __init__(self, ctx: RunContext, around: Callable[[], AbstractContextManager[Any]] | None = None) -> None:
+        self.ctx = ctx
+        self.model: torch.nn.Module = ctx.model  # the peft model, from setup on
+        self.around = around
+        self.ready = False  # set once the teacher adapter holds a copy of the student
+
+    def setup(self, model: torch.nn.Module) -> None:
+        """Add the (empty, frozen) teacher adapter to ``model`` now, not at the first copy: a resumed
+        run draws the same RNG."""
+        self.model = model
+        self.ready = False
+        self.add()
+
+    def add(self) -> None:
+        """Create the frozen ``teacher`` adapter (once), leaving every existing ``requires_grad`` as it was."""
+        model = self.model
+        if TEACHER in model.peft_config:
+            return
+        grads = {p: p.requires_grad for p in model.parameters()}
+        model.add_adapter(TEACHER, self.ctx.lora_config())
+        for p, rg in grads.items():
+            p.requires_grad = rg
+        for p in self.parameters():
+            p.requires_grad = False
+
+    def copy_student(self) -> None:
+        """Make the ``teacher`` adapter an exact, frozen copy of the current ``default`` adapter."""
+        model = self.model
+        self.add()
+        state = get_peft_model_state_dict(model, adapter_name=STUDENT)
+        result = set_peft_model_state_dict(model, state, adapter_name=TEACHER)
+        bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k or "modules_to_save" in k]
+        if bad:
+            raise RuntimeError(f"lwf: could not copy the student adapter into the teacher: {bad[:3]}")
+        for p in self.parameters():
+            p.requires_grad = False
+        self.ready = True
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for _, p in adapter_parameters(self.model, TEACHER)]
+
+    def student_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for _, p in adapter_parameters(self.model, STUDENT)]
+
+    @torch.no_grad()
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the teacher adapter on ``batch`` (no labels, no dropout, no graph)."""
+        model = self.model
+        with self.around() if self.around is not None else contextlib.nullcontext():
+            grads = {p: p.requires_grad for p in model.parameters()}
+            modes = {m: m.training for m in model.modules()}
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            try:
+                model.set_adapter(TEACHER)
+                model.eval()
+                logits = model(**inputs).logits
+            finally:
+                model.set_adapter(STUDENT)
+                for m, training in modes.items():
+                    m.training = training
+                for p, rg in grads.items():
+                    p.requires_grad = rg
+        return logits
+
+    def distillation_loss(
+        self, batch: dict[str, torch.Tensor], student_logits: torch.Tensor, temperature: float
+    ) -> torch.Tensor:
+        """``T² * KL(p_teacher || p_student)`` at temperature T, mean over answer-token positions."""
+        labels = batch["labels"]
+        if student_logits.shape[:2] != labels.shape:
+            raise RuntimeError(
+                f"lwf: logits of shape {tuple(student_logits.shape)} do not line up with labels of shape "
+                f"{tuple(labels.shape)}"
+            )
+        teacher = self.logits(batch)
+        mask = labels[:, 1:] != IGNORE_INDEX  # logits at i predict token i + 1
+        if not mask.any():
+            return student_logits.sum() * 0.0
+        T = temperature
+        s = student_logits[:, :-1][mask].float() / T
+        t = teacher[:, :-1][mask].float() / T
+        kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+        return kl * T * T
+
+    def held_bytes(self) -> int:
+        return sum(v.numel() * v.element_size() for v in self.parameters())
+
+
 @METHODS.register("lwf")
 class LwF(LoraFT):
     """One LoRA adapter, distilled towards a frozen copy of itself from the start of each stage."""
@@ -69,99 +168,24 @@ class LwF(LoraFT):
     Options = LwFOptions
     supports = frozenset({"ddp"})
     options: LwFOptions
-    has_teacher: bool = False  # set once the teacher adapter holds a copy of the student
+
+    def __init__(self, ctx: RunContext, options: LwFOptions) -> None:
+        super().__init__(ctx, options)
+        self.teacher = TeacherAdapter(ctx)
 
     def setup(self, model: torch.nn.Module) -> torch.nn.Module:
         model = super().setup(model)
-        self.has_teacher = False
-        self.add_teacher_adapter()  # now, not at the first copy: a resumed run draws the same RNG
+        self.teacher.setup(model)
         return model
 
-    # ------------------------------------------------------------------ teacher
     def before_task(self, stage: int, task: Task) -> None:
-        if stage == 0:
-            return
-        self.copy_student_to_teacher()
+        if stage > 0:
+            self.teacher.copy_student()
 
-    def copy_student_to_teacher(self) -> None:
-        """Make the ``teacher`` adapter an exact, frozen copy of the current ``default`` adapter."""
-        model = self.model
-        self.add_teacher_adapter()
-        state = get_peft_model_state_dict(model, adapter_name=STUDENT)
-        result = set_peft_model_state_dict(model, state, adapter_name=TEACHER)
-        bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k or "modules_to_save" in k]
-        if bad:
-            raise RuntimeError(f"lwf: could not copy the student adapter into the teacher: {bad[:3]}")
-        for p in self.teacher_parameters():
-            p.requires_grad = False
-        self.has_teacher = True
-
-    def add_teacher_adapter(self) -> None:
-        """Create the frozen ``teacher`` adapter (once), leaving every existing ``requires_grad`` as it was."""
-        model = self.model
-        if TEACHER in model.peft_config:
-            return
-        grads = {p: p.requires_grad for p in model.parameters()}
-        model.add_adapter(TEACHER, lora_config(self))
-        for p, rg in grads.items():
-            p.requires_grad = rg
-        for p in self.teacher_parameters():
-            p.requires_grad = False
-
-    def teacher_parameters(self) -> list[torch.nn.Parameter]:
-        return [
-            p for n, p in self.model.named_parameters() if f".{TEACHER}." in n or n.endswith(f".{TEACHER}")
-        ]
-
-    def student_parameters(self) -> list[torch.nn.Parameter]:
-        return [
-            p for n, p in self.model.named_parameters() if f".{STUDENT}." in n or n.endswith(f".{STUDENT}")
-        ]
-
-    @torch.no_grad()
-    def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits of the teacher adapter on ``batch`` (no labels, no dropout, no graph)."""
-        model = self.model
-        grads = {p: p.requires_grad for p in model.parameters()}
-        modes = {m: m.training for m in model.modules()}
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        try:
-            model.set_adapter(TEACHER)
-            model.eval()
-            logits = model(**inputs).logits
-        finally:
-            model.set_adapter(STUDENT)
-            for m, training in modes.items():
-                m.training = training
-            for p, rg in grads.items():
-                p.requires_grad = rg
-        return logits
-
-    # ------------------------------------------------------------------ loss
     def extra_loss(self, batch: dict[str, torch.Tensor], outputs: Any, stage: int) -> torch.Tensor | None:
-        if stage == 0 or not self.has_teacher:
+        if stage == 0 or not self.teacher.ready:
             return None
-        return self.options.weight * self.distillation_loss(batch, outputs.logits)
+        return self.options.weight * self.teacher.distillation_loss(batch, outputs.logits, self.options.temperature)
 
-    def distillation_loss(self, batch: dict[str, torch.Tensor], student_logits: torch.Tensor) -> torch.Tensor:
-        """``T² * KL(p_teacher || p_student)`` at temperature T, mean over answer-token positions."""
-        labels = batch["labels"]
-        if student_logits.shape[:2] != labels.shape:
-            raise RuntimeError(
-                f"lwf: logits of shape {tuple(student_logits.shape)} do not line up with labels of shape "
-                f"{tuple(labels.shape)}"
-            )
-        teacher = self.teacher_logits(batch)
-        mask = labels[:, 1:] != IGNORE_INDEX  # logits at i predict token i + 1
-        if not mask.any():
-            return student_logits.sum() * 0.0
-        T = self.options.temperature
-        s = student_logits[:, :-1][mask].float() / T
-        t = teacher[:, :-1][mask].float() / T
-        kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
-        return kl * T * T
-
-    # ------------------------------------------------------------------ bookkeeping
     def cost(self) -> dict[str, Any]:
-        held = sum(v.numel() * v.element_size() for v in self.teacher_parameters())
-        return {"params_added_per_task": 0, "held_bytes": {"teacher_adapter": held}}
+        return {"params_added_per_task": 0, "held_bytes": {"teacher_adapter": self.teacher.held_bytes()}}

@@ -2,7 +2,7 @@
 of General and Expert LoRAs, as in the released code (``JingyangQiao/MAGE``; see
 ``shared/references/continual_next_mage.md`` (next to the repository), "the reference", sections cited as §).
 
-**Experts (§2.1).** Every target linear layer of the run's LoRA config (``lora_config``: the LM's
+**Experts (§2.1).** Every target linear layer of the run's LoRA config (``ctx.lora_config()``: the LM's
 attention and MLP projections by default) holds four LoRA experts, here four peft adapters on the
 same model::
 
@@ -121,7 +121,7 @@ Differences from the released code, on purpose:
 * **Gradient as released: clipped.** The released update reads ``param.grad`` after clipping;
   ``after_backward`` runs before the loop clips, so with ``pema_clipped_grad`` (default) ``g`` is
   scaled by the clipping factor ``min(1, max_grad_norm / (||g||_2 + 1e-6))`` over the trainable
-  parameters, the factor ``clip_grad_norm_`` applies next.
+  parameters, the factor ``clip_grad_norm_`` applies next (the loop publishes it: ``ctx.clip_scale()``).
 * **Update steps only.** The released code also updates on non-synchronising micro-steps of
   gradient accumulation (partial gradients). Here, by default, only steps whose gradients are
   complete (accelerate's ``sync_gradients``) update the averages: the same on one process with
@@ -151,9 +151,10 @@ from peft import LoraConfig, get_peft_model
 from peft.tuners.lora import LoraLayer
 from pydantic import Field, field_validator
 
+from mmcl.adapters.lora import refuse_train_projector
+from mmcl.adapters.pool import activate, adapter_weights, lora_layers
 from mmcl.data.sample import Sample, Task
 from mmcl.methods.base import METHODS, Method, MethodOptions, RunContext
-from mmcl.methods.lora_ft import lora_config
 
 MODALITIES = ("text", "image")
 EXPERTS = ("gen_text_in", "gen_image_in", "exp_text_out", "exp_image_out")
@@ -449,11 +450,8 @@ class MAGE(Method):
 
     def __init__(self, ctx: RunContext, options: MethodOptions) -> None:
         super().__init__(ctx, options)
-        if ctx.config.model.train_projector:
-            raise ValueError(
-                "method 'mage' does not support model.train_projector=true: peft's modules_to_save "
-                "allows one active adapter, while MAGE keeps its four experts active"
-            )
+        refuse_train_projector(ctx.config.model, self.name,
+                               "peft's modules_to_save allows one active adapter, while MAGE keeps its four experts active")
         if self.opts.split_rank and (ctx.config.model.lora_rank % N_EXPERTS):
             raise ValueError(
                 f"method 'mage' with split_rank=true gives each of its {N_EXPERTS} experts rank lora_rank/{N_EXPERTS}: "
@@ -480,7 +478,7 @@ class MAGE(Method):
 
     # ------------------------------------------------------------------ adapters
     def _config(self) -> LoraConfig:
-        cfg = copy.deepcopy(lora_config(self))
+        cfg = copy.deepcopy(self.ctx.lora_config())
         if self.opts.split_rank:  # scaling lora_alpha / lora_rank per expert, as the released MAGELinear
             cfg.r = cfg.r // N_EXPERTS
             cfg.lora_alpha = cfg.lora_alpha / N_EXPERTS
@@ -497,20 +495,14 @@ class MAGE(Method):
         for e in EXPERTS:
             if e not in self.model.peft_config:
                 self.model.add_adapter(e, self._config())
-        self._layers = [
-            (n, m) for n, m in self.model.named_modules() if isinstance(m, LoraLayer) and EXPERTS[0] in m.lora_A
-        ]
+        self._layers = lora_layers(self.model, EXPERTS[0])
         if self.opts.gate == "token" and not self._hooks:
             self._add_token_gates()
         self._activate()
 
     def _activate(self) -> None:
         """Every expert active (summed in the forward); only ``self.trained`` (and the gates) trainable."""
-        base = self.model.base_model
-        base.set_adapter(list(EXPERTS))  # also sets requires_grad=True on all four
-        frozen = [e for e in EXPERTS if e not in self.trained]
-        if frozen:
-            base.set_requires_grad(frozen, requires_grad=False)
+        activate(self.model, EXPERTS, self.trained)
         for _, layer in self._layers:
             if hasattr(layer, "mage_router"):
                 layer.mage_router.requires_grad_(True)
@@ -533,12 +525,7 @@ class MAGE(Method):
 
     def expert_tensors(self, experts: Iterable[str] = EXPERTS) -> dict[str, torch.nn.Parameter]:
         """``{"<layer>.lora_A.<expert>": weight, ...}`` for the given experts."""
-        out: dict[str, torch.nn.Parameter] = {}
-        for e in experts:
-            for n, layer in self._layers:
-                out[f"{n}.lora_A.{e}"] = layer.lora_A[e].weight
-                out[f"{n}.lora_B.{e}"] = layer.lora_B[e].weight
-        return out
+        return adapter_weights(self._layers, experts)
 
     def _router_params(self) -> list[torch.nn.Parameter]:
         return [p for _, layer in self._layers if hasattr(layer, "mage_router") for p in layer.mage_router.parameters()]
@@ -569,11 +556,8 @@ class MAGE(Method):
             self.peak_avg_bytes = max(self.peak_avg_bytes, self._avg_bytes())
 
     def _task_steps(self, stage: int, task: Task) -> int:
-        """The update steps the loop will run on this task (as ``train.loop.num_update_steps``)."""
-        from mmcl.train.loop import num_update_steps
-
-        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-        return num_update_steps(len(self.train_samples(stage, task)), self.ctx.config.train, world)
+        """The update steps the loop will run on this task."""
+        return self.ctx.update_steps(len(self.train_samples(stage, task)))
 
     def after_backward(self, stage: int) -> None:
         if self.opts.aggregation == "off" or not self.avg:
@@ -581,7 +565,7 @@ class MAGE(Method):
         if not self.opts.pema_micro_steps and not GradientState().sync_gradients:
             return
         tensors = self.expert_tensors(self.trained)
-        scale = self._clip_scale() if self.opts.pema_clipped_grad else 1.0
+        scale = self.ctx.clip_scale() if self.opts.pema_clipped_grad else 1.0
         o = self.opts
         for k, avg in self.avg.items():
             p = tensors[k]
@@ -597,18 +581,6 @@ class MAGE(Method):
             for name, v in c.items():
                 self._stage_counts[name] += v
                 self.counts[name] += v
-
-    def _clip_scale(self) -> float:
-        """The factor the loop's ``clip_grad_norm_(params, max_grad_norm)`` is about to apply."""
-        max_norm = self.ctx.config.train.max_grad_norm
-        if not max_norm:
-            return 1.0
-        params = [*self.expert_tensors(self.trained).values(), *self._router_params()]
-        grads = [p.grad.detach() for p in params if p.requires_grad and p.grad is not None]
-        if not grads:
-            return 1.0
-        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
-        return min(1.0, max_norm / (norm + 1e-6))
 
     def after_task(self, stage: int, task: Task) -> None:
         if self.opts.aggregation != "off" and self.avg:

@@ -4,9 +4,9 @@ One set of experts and gates is trained on task after task, like ``lora-ft``: no
 old tasks (it is the MoE baseline of CoIN, not a continual-learning method of its own).
 
 peft 0.21 has no MoE-LoRA tuner (CoIN ships a forked peft with ``coinmoelora.py``), so the layer is
-written here by hand: every target ``nn.Linear`` (the same targets as ``lora-ft``: ``model.lora_targets``
-or the family's regex, plus the vision encoder with ``model.lora_vision``) is replaced in place by
-:class:`MoELoRALinear`::
+written by hand (:class:`mmcl.adapters.moelora.MoELoRALinear`): every target ``nn.Linear`` (the same
+targets as ``lora-ft``: ``model.lora_targets`` or the family's regex, plus the vision encoder with
+``model.lora_vision``) is replaced in place by it::
 
     y = base(x) + sum_e g_e(x) * B_e A_e dropout(x) * alpha / r_e
 
@@ -40,21 +40,14 @@ reshaped in the forward, the gate cache) has not been run under parameter shardi
 from __future__ import annotations
 
 import contextlib
-import math
-import re
 from collections.abc import Iterable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
+from mmcl.adapters.moelora import GateContext, GateMode, MoELoRALinear, target_linears, wrap_linears
 from mmcl.methods.base import METHODS, Method, MethodOptions, RunContext, copy_tensors_into, count_trainable
-from mmcl.methods.lora_ft import lora_config
-from mmcl.train.encode import IGNORE_INDEX
-
-GateMode = Literal["token", "sample"]
 
 
 class MoELoRAOptions(MethodOptions):
@@ -65,100 +58,6 @@ class MoELoRAOptions(MethodOptions):
         None, ge=1, description="total rank over all experts (None = model.lora_rank); each expert gets rank/experts"
     )
     gate: GateMode = Field("token", description="'token': a gate per token; 'sample': one per sample (prompt mean)")
-
-
-class GateContext:
-    """What the layers of one model share: the token mask of the current top-level forward."""
-
-    def __init__(self) -> None:
-        self.mask: torch.Tensor | None = None  # (batch, seq) bool: the tokens a sample gate averages over
-
-
-class MoELoRALinear(nn.Module):
-    """``base(x)`` plus a gated mixture of LoRA experts (see the module docstring)."""
-
-    def __init__(
-        self,
-        base: nn.Linear,
-        n_experts: int,
-        rank_per_expert: int,
-        alpha: float,
-        dropout: float = 0.0,
-        gate: GateMode = "token",
-        context: GateContext | None = None,
-    ) -> None:
-        super().__init__()
-        if gate not in ("token", "sample"):
-            raise ValueError(f"gate must be 'token' or 'sample', got {gate!r}")
-        self.base_layer = base
-        self.in_features, self.out_features = base.in_features, base.out_features
-        self.n_experts, self.rank = n_experts, rank_per_expert
-        self.scaling = alpha / rank_per_expert
-        self.gate_mode: GateMode = gate
-        dev = base.weight.device
-        self.experts_A = nn.Parameter(torch.empty(n_experts, rank_per_expert, self.in_features, device=dev))
-        self.experts_B = nn.Parameter(torch.zeros(n_experts, self.out_features, rank_per_expert, device=dev))
-        for e in range(n_experts):  # peft's LoRA init for A (B = 0: no change to the output at start)
-            nn.init.kaiming_uniform_(self.experts_A.data[e], a=math.sqrt(5))
-        self.gate = nn.Linear(self.in_features, n_experts, bias=False, device=dev, dtype=torch.float32)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.context = context
-        self.disabled = False
-        self._cached_gate: torch.Tensor | None = None  # the prompt's sample gate, kept while decoding
-
-    def extra_repr(self) -> str:
-        return f"experts={self.n_experts}, rank_per_expert={self.rank}, gate={self.gate_mode}"
-
-    def gate_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Gate probabilities, broadcastable against ``x[..., None]``: (..., E) per token, (B, 1, E) per sample."""
-        x = x.to(self.gate.weight.dtype)
-        if self.gate_mode == "token" or x.dim() < 3:
-            return torch.softmax(self.gate(x), dim=-1)
-        mask = self.context.mask if self.context is not None else None
-        decoding = (
-            x.shape[1] == 1
-            and not self.training
-            and mask is not None
-            and mask.shape[0] == x.shape[0]
-            and mask.shape[1] > 1
-            and self._cached_gate is not None
-            and self._cached_gate.shape[0] == x.shape[0]
-        )
-        if decoding:  # one new token of a KV-cached generation: keep the prompt's gate
-            return self._cached_gate
-        if mask is not None and tuple(mask.shape) == tuple(x.shape[:2]):
-            m = mask.to(x.dtype).unsqueeze(-1)
-            pooled = (x * m).sum(1) / m.sum(1).clamp_min(1.0)
-        else:
-            pooled = x.mean(1)
-        g = torch.softmax(self.gate(pooled), dim=-1).unsqueeze(1)
-        if not self.training:
-            self._cached_gate = g.detach()
-        return g
-
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        result = self.base_layer(x, *args, **kwargs)
-        if self.disabled:
-            return result
-        E, r = self.n_experts, self.rank
-        xf = x.to(self.experts_A.dtype)
-        g = self.gate_weights(xf)
-        h = F.linear(self.dropout(xf), self.experts_A.reshape(E * r, self.in_features))  # (..., E*r)
-        h = (h.unflatten(-1, (E, r)) * g.unsqueeze(-1)).flatten(-2)
-        b = self.experts_B.permute(1, 0, 2).reshape(self.out_features, E * r)  # [B_1 | ... | B_E]
-        return result + (F.linear(h, b) * self.scaling).to(result.dtype)
-
-
-def _matches(name: str, targets: Any) -> bool:
-    """peft's target rule: a regex must match the whole module name; a list matches name suffixes."""
-    if isinstance(targets, str):
-        return re.fullmatch(targets, name) is not None
-    return any(name == t or name.endswith("." + t) for t in targets)
-
-
-def _get_parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    parent_name, _, child = name.rpartition(".")
-    return (model.get_submodule(parent_name) if parent_name else model), child
 
 
 @METHODS.register("moelora")
@@ -193,52 +92,25 @@ class MoELoRA(Method):
     # --- lifecycle -------------------------------------------------------
     def setup(self, model: torch.nn.Module) -> torch.nn.Module:
         torch.manual_seed(self.ctx.seed)
-        lcfg = lora_config(self)  # the same targets (and dropout, alpha) as lora-ft
-        targets = lcfg.target_modules
-        names = [n for n, m in model.named_modules() if n and _matches(n, targets)]
-        if not names:
-            raise ValueError(f"method 'moelora': no module of the model matches the LoRA targets {targets!r}")
-        bad = [n for n in names if not isinstance(model.get_submodule(n), nn.Linear)]
-        if bad:
-            raise ValueError(
-                f"method 'moelora': LoRA targets must be nn.Linear layers; {bad[0]!r} is "
-                f"{type(model.get_submodule(bad[0])).__name__}"
-            )
+        lcfg = self.ctx.lora_config()  # the same targets (and dropout, alpha) as lora-ft
+        try:
+            names = target_linears(model, lcfg.target_modules)
+        except ValueError as e:
+            raise ValueError(f"method 'moelora': {e}") from None
         for p in model.parameters():
             p.requires_grad_(False)
         o = self.opts
-        for n in names:
-            parent, child = _get_parent(model, n)
-            layer = MoELoRALinear(
-                getattr(parent, child), o.experts, self.rank_per_expert, lcfg.lora_alpha,
-                lcfg.lora_dropout, o.gate, self.context,
-            )
-            setattr(parent, child, layer)
-            self.layers[n] = layer
+        self.layers = wrap_linears(
+            model, names, o.experts, self.rank_per_expert, lcfg.lora_alpha, lcfg.lora_dropout, o.gate, self.context
+        )
         if self.ctx.config.model.train_projector:
             for p in model.get_submodule(self.ctx.bundle.family.projector).parameters():
                 p.requires_grad_(True)
         if o.gate == "sample":
-            self._hooks.append(model.register_forward_pre_hook(self._record_mask, with_kwargs=True))
-            self._hooks.append(model.register_forward_hook(self._clear_mask, always_call=True))
+            self._hooks += self.context.attach(model)
         model.disable_adapter = self.disable_adapter  # the runner's zero-shot context (see docstring)
         self.model = model
         return model
-
-    def _record_mask(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        mask = kwargs.get("attention_mask")
-        if mask is None:
-            ids = kwargs.get("input_ids", args[0] if args else None)
-            self.context.mask = None if ids is None else torch.ones_like(ids, dtype=torch.bool)
-            return
-        mask = mask.bool()
-        labels = kwargs.get("labels")
-        if labels is not None and labels.shape == mask.shape:
-            mask = mask & (labels == IGNORE_INDEX)  # the prompt only: the gate never sees the answer
-        self.context.mask = mask
-
-    def _clear_mask(self, *a: Any, **k: Any) -> None:
-        self.context.mask = None
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:

@@ -53,11 +53,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 from pydantic import Field
 
+from mmcl.adapters.lora import refuse_train_projector
+from mmcl.adapters.pool import adapter_parameters
 from mmcl.data.sample import Sample, Task
-from mmcl.eval.generate import generate_answers
 from mmcl.methods.base import METHODS, Method, MethodOptions, RunContext
-from mmcl.methods.lora_ft import lora_config
-from mmcl.train.encode import Encoder
 
 ROUTER = "router"
 PACKED_VISION_FAMILIES = frozenset({"llava-next", "qwen2-vl", "qwen2.5-vl"})
@@ -127,11 +126,9 @@ class MRLoRA(Method):
 
     def __init__(self, ctx: RunContext, options: MethodOptions) -> None:
         super().__init__(ctx, options)
-        if ctx.config.model.train_projector:
-            raise ValueError(
-                "method 'mr-lora' gives each expert its own projector through method.train_projector; "
-                "leave model.train_projector false"
-            )
+        refuse_train_projector(ctx.config.model, self.name,
+                               "each expert gets its own projector through method.train_projector; leave "
+                               "model.train_projector false")
         family = ctx.bundle.family.name
         if self.opts.train_projector and family in PACKED_VISION_FAMILIES:
             raise ValueError(
@@ -145,7 +142,6 @@ class MRLoRA(Method):
         self.fallbacks: dict[str, int] = {}  # stage label -> replies that named no valid expert
         self.routed: dict[str, list[int]] = {}  # task name -> the last route()'s expert per sample
         self.fell_back: dict[str, list[bool]] = {}  # task name -> the last route()'s fallback flags
-        self._encoder: Encoder | None = None
         self._projector_linears: list[str] = []
 
     @property
@@ -155,7 +151,7 @@ class MRLoRA(Method):
 
     # ------------------------------------------------------------------ adapters
     def _config(self) -> LoraConfig:
-        cfg = lora_config(self)
+        cfg = self.ctx.lora_config()
         if self.opts.train_projector:
             cfg.modules_to_save = list(self._projector_linears)
         return cfg
@@ -169,8 +165,7 @@ class MRLoRA(Method):
         return self.model
 
     def _adapter_params(self, adapter: str) -> list[tuple[str, torch.nn.Parameter]]:
-        pat = re.compile(rf"\.{re.escape(adapter)}(\.|$)")
-        return [(n, p) for n, p in self.model.named_parameters() if pat.search(n)]
+        return adapter_parameters(self.model, adapter)
 
     def _activate(self, adapter: str) -> None:
         """Make ``adapter`` the active one and the only trainable parameters."""
@@ -255,17 +250,9 @@ class MRLoRA(Method):
         k = len(self.experts)
         if k == 1 or not self.has_router:
             return [0] * len(samples), [False] * len(samples)
-        if self._encoder is None:
-            self._encoder = Encoder.for_bundle(self.ctx.bundle)
-        encoded = self._encoder.encode(self.router_samples(samples), with_answer=False)
-        replies = generate_answers(
-            self.model,
-            self.ctx.bundle.tokenizer,
-            encoded,
-            batch_size=self.ctx.config.eval.batch_size,
-            max_new_tokens=self.opts.router_max_new_tokens,
+        replies = self.ctx.generate(
+            self.model, self.router_samples(samples), max_new_tokens=self.opts.router_max_new_tokens,
             adapter_names=[ROUTER] * len(samples),
-            device=self.ctx.device,
         )
         choices, fell = [], []
         label = f"stage {k}"

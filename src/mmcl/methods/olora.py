@@ -36,9 +36,10 @@ from peft import get_peft_model
 from peft.tuners.lora import LoraLayer
 from pydantic import Field
 
+from mmcl.adapters.lora import refuse_train_projector
+from mmcl.adapters.pool import activate, adapter_weights, lora_layers
 from mmcl.data.sample import Task
 from mmcl.methods.base import METHODS, Method, MethodOptions, RunContext
-from mmcl.methods.lora_ft import lora_config
 
 
 class OLoraOptions(MethodOptions):
@@ -65,11 +66,9 @@ class OLora(Method):
 
     def __init__(self, ctx: RunContext, options: MethodOptions) -> None:
         super().__init__(ctx, options)
-        if ctx.config.model.train_projector:
-            raise ValueError(
-                "method 'o-lora' does not support model.train_projector=true: peft's modules_to_save "
-                "allows one active adapter, while O-LoRA keeps every task's adapter active"
-            )
+        refuse_train_projector(ctx.config.model, self.name,
+                               "peft's modules_to_save allows one active adapter, while O-LoRA keeps every task's "
+                               "adapter active")
         self.adapters: list[str] = []
         self.current: str | None = None
         self._layers: list[tuple[str, LoraLayer]] = []
@@ -82,9 +81,9 @@ class OLora(Method):
     # --- lifecycle -------------------------------------------------------
     def setup(self, model: torch.nn.Module) -> torch.nn.Module:
         torch.manual_seed(self.ctx.seed)
-        self.model = get_peft_model(model, lora_config(self), adapter_name=adapter_name(0))
+        self.model = get_peft_model(model, self.ctx.lora_config(), adapter_name=adapter_name(0))
         self.adapters = [adapter_name(0)]
-        self._layers = [(n, m) for n, m in self.model.named_modules() if isinstance(m, LoraLayer)]
+        self._layers = lora_layers(self.model)
         self._activate(adapter_name(0))
         return self.model
 
@@ -92,19 +91,13 @@ class OLora(Method):
         name = adapter_name(stage)
         if name not in self.adapters:
             # a fresh adapter (peft's init: A random, B = 0, so the model's output is unchanged)
-            self.model.add_adapter(name, lora_config(self))
+            self.model.add_adapter(name, self.ctx.lora_config())
             self.adapters.append(name)
         self._activate(name)
 
     def _activate(self, current: str) -> None:
         """Every adapter active (summed in the forward); only ``current`` trainable."""
-        # LoraModel.set_adapter([...]) activates the list AND sets requires_grad=True on all of them
-        # (add_adapter also re-enables grads of the active ones), so freeze the old ones afterwards.
-        self.model.base_model.set_adapter(list(self.adapters))
-        old = [a for a in self.adapters if a != current]
-        if old:
-            self.model.base_model.set_requires_grad(old, requires_grad=False)
-        self.model.base_model.set_requires_grad(current, requires_grad=True)
+        activate(self.model, self.adapters, [current])
         self.current = current
 
     def trainable_parameters(self) -> Iterable[torch.nn.Parameter]:
@@ -115,10 +108,7 @@ class OLora(Method):
         return list(self._adapter_params(self.current))
 
     def _adapter_params(self, name: str | None) -> Iterable[torch.nn.Parameter]:
-        for _, layer in self._layers:
-            if name in layer.lora_A:
-                yield layer.lora_A[name].weight
-                yield layer.lora_B[name].weight
+        return adapter_weights(self._layers, [name] if name is not None else []).values()
 
     def extra_loss(self, batch: dict[str, torch.Tensor], outputs: Any, stage: int) -> torch.Tensor | None:
         cur = self.current
@@ -162,7 +152,7 @@ class OLora(Method):
         names = list(state["adapters"])
         for a in names:
             if a not in self.adapters:
-                self.model.add_adapter(a, lora_config(self))
+                self.model.add_adapter(a, self.ctx.lora_config())
                 self.adapters.append(a)
         layers = dict(self._layers)
         for a, w in state["weights"].items():

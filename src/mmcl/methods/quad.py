@@ -18,10 +18,12 @@ frozen previous-step model answer them, and trains the current model to stay clo
 
 How it is built here (one peft model, one LoRA adapter trained through the stream as ``lora-ft``):
 
-* **Teacher.** ``lwf``'s machinery (this class subclasses :class:`~mmcl.methods.lwf.LwF`): before
-  every stage after the first the ``default`` adapter is copied into a frozen ``teacher`` adapter of
-  the same model; teacher forwards run under ``no_grad`` in ``eval()`` and leave every
-  ``requires_grad`` flag as it was.
+* **Parts.** Everything below is :class:`QuestionReplay`, a part the method holds and calls from
+  its hooks (``unifier-quad`` holds the same part beside UNIFIER's vision branches).
+* **Teacher.** ``lwf``'s :class:`~mmcl.methods.lwf.TeacherAdapter`: before every stage after the
+  first the ``default`` adapter is copied into a frozen ``teacher`` adapter of the same model;
+  teacher forwards run under ``no_grad`` in ``eval()`` and leave every ``requires_grad`` flag as it
+  was.
 * **Memory.** After each task, ``questions_per_task`` of its training samples (default 100; the
   paper keeps 5,000 per task on VQAv2 and 500 on NExT-QA, our synthetic tasks are much smaller) are
   drawn uniformly at random with a generator seeded from the run seed and the stage, and their
@@ -36,7 +38,7 @@ How it is built here (one peft model, one LoRA adapter trained through the strea
   ``selection="object"`` (default) the question is drawn uniformly among stored questions whose
   category is among the categories the current task's samples ask about (``meta["category"]``);
   when none match, or with ``selection="random"``, uniformly among all stored questions. The
-  teacher answers every pair once, greedily, in batches (``generate_answers``, the task's
+  teacher answers every pair once, greedily, in batches (``ctx.generate``, the task's
   ``max_new_tokens`` of the question's task unless ``eval.max_new_tokens`` is set), and that answer
   becomes the pair's target text. Pairs are held as ``Sample`` objects (image references and
   strings) and encoded when drawn, so no pixel tensors are kept between steps.
@@ -91,8 +93,8 @@ process draws the same replay pairs (the generators are seeded by the run seed a
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
@@ -100,10 +102,9 @@ import torch
 from pydantic import Field
 
 from mmcl.data.sample import Sample, Task
-from mmcl.eval.generate import generate_answers
 from mmcl.methods.base import METHODS, MethodOptions, RunContext
-from mmcl.methods.lwf import LwF
-from mmcl.train.encode import Encoder, collate_train
+from mmcl.methods.lora_ft import LoraFT
+from mmcl.methods.lwf import TeacherAdapter
 
 
 class QuadOptions(MethodOptions):
@@ -256,28 +257,32 @@ def attention_kl(
     return torch.stack(losses).mean()
 
 
-@METHODS.register("quad")
-class Quad(LwF):
-    """``lwf``'s frozen teacher adapter, distilled on old questions about current images, attention included."""
+class QuestionReplay:
+    """QUAD's stability term as a part a method holds (see the module docstring): the question
+    memory, the teacher adapter, the replay pairs, and the replay and attention distillation.
 
-    name = "quad"
-    image_answers = False  # its replay and attention distillation read text logits
-    Options = QuadOptions
-    supports = frozenset({"ddp"})
-    options: QuadOptions  # type: ignore[assignment]
+    The host calls :meth:`setup` from its ``setup`` (after the LoRA model exists), and
+    :meth:`before_task`, :meth:`after_task`, :meth:`loss` from the hooks of the same names.
+    ``teacher_mode``: a context entered around every teacher forward (see :class:`TeacherAdapter`).
+    """
 
-    def __init__(self, ctx: RunContext, options: QuadOptions) -> None:
-        super().__init__(ctx, options)
-        self.has_teacher = False
+    def __init__(
+        self, ctx: RunContext, options: QuadOptions, teacher_mode: Callable[[], AbstractContextManager[Any]] | None = None
+    ) -> None:
+        self.ctx = ctx
+        self.options = options
+        self.teacher = TeacherAdapter(ctx, around=teacher_mode)
+        self.model: torch.nn.Module = ctx.model  # the peft model, from setup on
         self.memory: list[StoredQuestion] = []
         self.pairs: list[Sample] = []  # this stage's (current image, old question, teacher answer)
+        self.distilled_attention: list[torch.nn.Module] = []
         self._draw = random.Random(0)
 
-    def setup(self, model: torch.nn.Module) -> torch.nn.Module:
-        model = super().setup(model)
-        self.encoder = Encoder.for_bundle(self.ctx.bundle)
+    def setup(self, model: torch.nn.Module) -> None:
+        """Add the teacher adapter to the peft ``model`` and find the attention modules to distil."""
+        self.model = model
+        self.teacher.setup(model)
         self.distilled_attention = self._attention_modules()
-        return model
 
     def _attention_modules(self) -> list[torch.nn.Module]:
         """The attention modules of the decoder layers in ``attention_layers``, in layer order."""
@@ -307,13 +312,16 @@ class Quad(LwF):
 
     # ------------------------------------------------------------------ memory
     def after_task(self, stage: int, task: Task) -> None:
+        """Store ``questions_per_task`` of the finished task's questions."""
         rng = self._rng(stage, "select")
         picked = rng.sample(task.train, min(self.options.questions_per_task, len(task.train)))
         self.memory.extend(StoredQuestion(s.question, question_category(s), task.name, s.id) for s in picked)
         self.pairs = []
 
     def before_task(self, stage: int, task: Task) -> None:
-        super().before_task(stage, task)  # the teacher copy, from stage 1 on
+        """From stage 1 on: copy the student into the teacher, then build the replay pairs."""
+        if stage > 0:
+            self.teacher.copy_student()
         self.pairs = self.build_pairs(stage, task) if stage > 0 else []
         self._draw = self._rng(stage, "draw")
 
@@ -353,18 +361,10 @@ class Quad(LwF):
         limits = [
             ctx.config.eval.max_new_tokens or ctx.benchmark.task(t).max_new_tokens for t in question_tasks
         ]
-        encoded = self.encoder.encode(pairs, with_answer=False)
         answers = [""] * len(pairs)
         for limit in sorted(set(limits)):
             idx = [i for i, m in enumerate(limits) if m == limit]
-            texts = generate_answers(
-                self.model,
-                ctx.bundle.tokenizer,
-                [encoded[i] for i in idx],
-                batch_size=ctx.config.eval.batch_size,
-                max_new_tokens=limit,
-                device=ctx.device,
-            )
+            texts = ctx.generate(self.model, [pairs[i] for i in idx], max_new_tokens=limit)
             for i, text in zip(idx, texts, strict=True):
                 answers[i] = text
         return answers
@@ -374,14 +374,13 @@ class Quad(LwF):
         """A training batch of replay pairs (labels on the teacher's answer), drawn without replacement."""
         size = self.options.replay_batch_size or self.ctx.config.train.batch_size
         chosen = self._draw.sample(self.pairs, min(size, len(self.pairs)))
-        batch = collate_train(
-            self.encoder.encode(chosen, with_answer=True), self.ctx.bundle.tokenizer.pad_token_id
-        )
+        batch = self.ctx.collate(self.ctx.encode(chosen, with_answer=True))
         return {k: v.to(device) for k, v in batch.items()}
 
-    def extra_loss(self, batch: dict[str, torch.Tensor], outputs: Any, stage: int) -> torch.Tensor | None:
+    def loss(self, batch: dict[str, torch.Tensor], stage: int) -> torch.Tensor | None:
+        """``λ / (1 − λ) · (replay_weight · L_QR + attention_weight · L_ACD)`` on a drawn replay batch."""
         o = self.options
-        if stage == 0 or not self.has_teacher or not self.pairs or o.stability_weight == 0:
+        if stage == 0 or not self.teacher.ready or not self.pairs or o.stability_weight == 0:
             return None
         replay_kl, attention = self.stability_losses(self.replay_batch(batch["input_ids"].device))
         stability = o.replay_weight * replay_kl + o.attention_weight * attention
@@ -395,8 +394,8 @@ class Quad(LwF):
         with eager_attention(self.hf_model) if with_attention else nullcontext():
             with record_attention(modules) as student_maps:
                 student = self.model(**inputs)
-            with record_attention(modules) as teacher_maps:
-                replay_kl = self.distillation_loss(replay, student.logits)  # runs the teacher forward
+            with record_attention(modules) as teacher_maps:  # the teacher forward runs in distillation_loss
+                replay_kl = self.teacher.distillation_loss(replay, student.logits, self.options.temperature)
         if not with_attention:
             return replay_kl, replay_kl.new_zeros(())
         rows = attention_rows(replay, getattr(self.hf_model.config, "image_token_id", None))
@@ -425,9 +424,50 @@ class Quad(LwF):
         self.memory = memory
 
     def cost(self) -> dict[str, Any]:
-        cost = super().cost()
-        cost["held_bytes"]["question_memory"] = sum(
-            len(q.question.encode()) + len((q.category or "").encode()) for q in self.memory
-        )
-        cost["questions_stored"] = len(self.memory)
-        return cost
+        return {
+            "params_added_per_task": 0,
+            "held_bytes": {
+                "teacher_adapter": self.teacher.held_bytes(),
+                "question_memory": sum(len(q.question.encode()) + len((q.category or "").encode()) for q in self.memory),
+            },
+            "questions_stored": len(self.memory),
+        }
+
+
+@METHODS.register("quad")
+class Quad(LoraFT):
+    """One LoRA adapter, distilled towards its previous-stage copy on old questions about current
+    images, attention included (the :class:`QuestionReplay` part)."""
+
+    name = "quad"
+    image_answers = False  # its replay and attention distillation read text logits
+    Options = QuadOptions
+    supports = frozenset({"ddp"})
+    options: QuadOptions
+
+    def __init__(self, ctx: RunContext, options: QuadOptions) -> None:
+        super().__init__(ctx, options)
+        self.replay = QuestionReplay(ctx, options)
+
+    def setup(self, model: torch.nn.Module) -> torch.nn.Module:
+        model = super().setup(model)
+        self.replay.setup(model)
+        return model
+
+    def before_task(self, stage: int, task: Task) -> None:
+        self.replay.before_task(stage, task)
+
+    def after_task(self, stage: int, task: Task) -> None:
+        self.replay.after_task(stage, task)
+
+    def extra_loss(self, batch: dict[str, torch.Tensor], outputs: Any, stage: int) -> torch.Tensor | None:
+        return self.replay.loss(batch, stage)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.replay.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.replay.load_state_dict(state)
+
+    def cost(self) -> dict[str, Any]:
+        return self.replay.cost()

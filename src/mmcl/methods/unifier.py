@@ -6,7 +6,7 @@ notes, each choice a config option):
 
 **Vision Representation Expansion (VRE).** Every vision-encoder block gets K bottleneck branches
 (one per scenario) and a shared projection P, in parallel with its MLP:
-``h = h + MLP(LN(h)) + scale * P([phi_1(h), ..., phi_K(h)])`` (:mod:`mmcl.models.vision_branches`).
+``h = h + MLP(LN(h)) + scale * P([phi_1(h), ..., phi_K(h)])`` (:mod:`mmcl.adapters.vision_branches`).
 While learning a step of scenario k only branch k (all blocks) and the shared projections train;
 the vision tower stays frozen. A scenario's branch is reopened, never re-initialised, at each of
 its steps, so knowledge accumulates within the scenario. At test time all branches run in one
@@ -36,6 +36,9 @@ model optionally gets one shared LoRA trained through the whole stream (``lm_lor
 faithful vision-only UNIFIER, on = pragmatic, since a frozen language model must then answer new
 question types from changed visual features alone).
 
+Both parts are :class:`UnifierVision`, a part the method holds and calls from its hooks
+(``unifier-quad`` holds the same part beside QUAD's question replay).
+
 Distributed: ``ddp`` only. The frozen teacher copies live outside the model and the trainable
 set changes between steps, which FSDP's flat parameters and DeepSpeed ZeRO's partitions,
 built once for a fixed set of trainable parameters, do not allow.
@@ -52,10 +55,9 @@ import torch.nn.functional as F
 from peft import get_peft_model
 from pydantic import Field
 
+from mmcl.adapters.vision_branches import BranchOutputs, VisionBranches, install_branches
 from mmcl.data.sample import Task
 from mmcl.methods.base import METHODS, Method, MethodOptions, RunContext, copy_tensors_into
-from mmcl.methods.lora_ft import lora_config
-from mmcl.models.vision_branches import BranchOutputs, VisionBranches, install_branches
 
 VISION_KEYS = ("pixel_values", "image_grid_thw", "image_sizes")
 
@@ -122,19 +124,19 @@ def consistency_loss(
     return total / len(outputs)
 
 
-class VisionBranchMixin:
-    """UNIFIER's vision side (branches, their schedule, the VCC), shared by ``unifier`` and ``unifier-quad``.
+class UnifierVision:
+    """UNIFIER's vision side as a part a method holds: the scenario branches, their schedule, the VCC.
 
-    The host class is a :class:`Method` whose options include :class:`UnifierOptions`' fields.
+    The host calls :meth:`install` from its ``setup``, :meth:`open` / :meth:`close` from
+    ``before_task`` / ``after_task`` and :meth:`loss` from ``extra_loss``; ``options`` holds
+    :class:`UnifierOptions`' fields.
     """
 
-    ctx: RunContext
-    options: UnifierOptions
-    model: torch.nn.Module
-
-    def init_branches(self, ctx: RunContext) -> None:
+    def __init__(self, ctx: RunContext, options: UnifierOptions) -> None:
+        self.options = options
+        self.model: torch.nn.Module = ctx.model  # the model the branches are installed in, from install on
         self.keys = branch_keys(ctx.benchmark.tasks)
-        k = self.options.num_branches or len(self.keys)
+        k = options.num_branches or len(self.keys)
         if k < len(self.keys):
             raise ValueError(
                 f"method.num_branches={k} is smaller than the {len(self.keys)} scenarios of the stream "
@@ -144,9 +146,10 @@ class VisionBranchMixin:
         self.branch: int | None = None
         self.branches: VisionBranches | None = None
 
-    def install_branches(self, model: torch.nn.Module) -> None:
+    def install(self, model: torch.nn.Module) -> None:
         """Add the branches to every vision block; ``model.disable_adapter`` then switches them off too."""
         o = self.options
+        self.model = model
         self.branches = install_branches(model, self.num_branches, o.bottleneck, o.scale, o.activation)
         self.branches.freeze()  # nothing of the branches trains before the first step
         self._peft_disable = getattr(model, "disable_adapter", None)
@@ -159,10 +162,15 @@ class VisionBranchMixin:
         with self.branches.disabled(), (self._peft_disable() if self._peft_disable else contextlib.nullcontext()):
             yield
 
+    def teacher_mode(self) -> contextlib.AbstractContextManager[None]:
+        """Run every block with the frozen branches of the start of the step (the previous step's model)."""
+        assert self.branches is not None
+        return self.branches.teacher_mode()
+
     def branch_of(self, task: Task) -> int:
         return self.keys.index(task.scenario or task.name)
 
-    def open_branch(self, stage: int, task: Task, need_teacher: bool = False) -> None:
+    def open(self, stage: int, task: Task, need_teacher: bool = False) -> None:
         """Make branch k(task) and the projections trainable; snapshot the teacher branches if needed."""
         assert self.branches is not None
         self.branch = self.branch_of(task)
@@ -172,11 +180,11 @@ class VisionBranchMixin:
             self.branches.snapshot_teacher()
         self.branches.set_record(o.lambda_vcc > 0)
 
-    def close_branch(self) -> None:
+    def close(self) -> None:
         assert self.branches is not None
         self.branches.set_record(False)
 
-    def vcc_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """``lambda * VCC`` on the branch outputs recorded in the batch's forward pass."""
         o = self.options
         if o.lambda_vcc == 0 or self.branches is None:
@@ -205,13 +213,15 @@ class VisionBranchMixin:
             f"{slot.name}.{n}": p for slot in self.branches.slots for n, p in slot.live.named_parameters()
         }
 
-    def branch_state(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The branch and projection weights of every block, on the CPU."""
         return {k: v.detach().cpu().clone() for k, v in self._branch_tensors().items()}
 
-    def load_branch_state(self, saved: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, saved: dict[str, torch.Tensor]) -> None:
         copy_tensors_into(self._branch_tensors(), saved, "unifier")
 
-    def branch_cost(self) -> dict[str, Any]:
+    def cost(self) -> dict[str, Any]:
+        """Parameters per branch, branches, shared projection parameters, bytes of the teacher copies."""
         assert self.branches is not None
         mods = self.branches.modules
         teacher = sum(
@@ -229,7 +239,7 @@ class VisionBranchMixin:
 
 
 @METHODS.register("unifier")
-class Unifier(VisionBranchMixin, Method):
+class Unifier(Method):
     """Scenario branches in every vision block + a consistency constraint (+ an optional LM LoRA)."""
 
     name = "unifier"
@@ -238,40 +248,40 @@ class Unifier(VisionBranchMixin, Method):
     supports = frozenset({"ddp"})
     options: UnifierOptions
 
-    def __init__(self, ctx: RunContext, options: MethodOptions) -> None:
+    def __init__(self, ctx: RunContext, options: UnifierOptions) -> None:
         super().__init__(ctx, options)
-        self.init_branches(ctx)
+        self.vision = UnifierVision(ctx, options)
 
     def setup(self, model: torch.nn.Module) -> torch.nn.Module:
         torch.manual_seed(self.ctx.seed)
         if self.options.lm_lora:
-            model = get_peft_model(model, lora_config(self))  # freezes everything but the LoRA
+            model = get_peft_model(model, self.ctx.lora_config())  # freezes everything but the LoRA
         else:
             for p in model.parameters():
                 p.requires_grad_(False)
             if self.ctx.config.model.train_projector:
                 model.get_submodule(self.ctx.bundle.family.projector).requires_grad_(True)
-        self.install_branches(model)
+        self.vision.install(model)
         self.model = model
         return model
 
     def before_task(self, stage: int, task: Task) -> None:
-        self.open_branch(stage, task)
+        self.vision.open(stage, task)
 
     def after_task(self, stage: int, task: Task) -> None:
-        self.close_branch()
+        self.vision.close()
 
     def extra_loss(self, batch: dict[str, torch.Tensor], outputs: Any, stage: int) -> torch.Tensor | None:
-        return self.vcc_loss(batch)
+        return self.vision.loss(batch)
 
     def state_dict(self) -> dict[str, Any]:
         """The branch and projection weights of every block (the LM LoRA is saved with the model)."""
-        return {"branches": self.branch_state()}
+        return {"branches": self.vision.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.load_branch_state(state["branches"])
+        self.vision.load_state_dict(state["branches"])
 
     def cost(self) -> dict[str, Any]:
-        c = self.branch_cost()
+        c = self.vision.cost()
         held = c.pop("teacher_branches_bytes")
         return {"params_added_per_task": 0, **c, "held_bytes": {"teacher_branches": held}}

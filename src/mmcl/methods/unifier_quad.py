@@ -7,9 +7,12 @@ UNIFIER's vision branches add on top of question replay?" on streams where much 
 is on the language side (``unifier`` alone protects only the vision tower):
 
 * vision: exactly ``unifier`` (scenario branches + shared projection in every vision block, the
-  vision consistency constraint; :class:`~mmcl.methods.unifier.VisionBranchMixin`);
+  vision consistency constraint; the part :class:`~mmcl.methods.unifier.UnifierVision`);
 * language: exactly ``quad`` (one LoRA adapter through the stream; old questions about current
-  images, answered by the previous step's model; answer-token and attention distillation).
+  images, answered by the previous step's model; answer-token and attention distillation; the part
+  :class:`~mmcl.methods.quad.QuestionReplay`).
+
+The method holds both parts and calls them from its hooks (composition, not inheritance).
 
 The previous step's model is the teacher adapter AND the teacher copy of the branches: QUAD's
 teacher forwards run with the frozen branches of the start of the stage, so the distillation
@@ -28,8 +31,9 @@ from pydantic import model_validator
 
 from mmcl.data.sample import Task
 from mmcl.methods.base import METHODS, RunContext
-from mmcl.methods.quad import Quad, QuadOptions
-from mmcl.methods.unifier import UnifierOptions, VisionBranchMixin
+from mmcl.methods.lora_ft import LoraFT
+from mmcl.methods.quad import QuadOptions, QuestionReplay
+from mmcl.methods.unifier import UnifierOptions, UnifierVision
 
 
 class UnifierQuadOptions(UnifierOptions, QuadOptions):
@@ -43,56 +47,52 @@ class UnifierQuadOptions(UnifierOptions, QuadOptions):
 
 
 @METHODS.register("unifier-quad")
-class UnifierQuad(VisionBranchMixin, Quad):
+class UnifierQuad(LoraFT):
     """UNIFIER's branches and VCC in the vision tower, QUAD's question replay on the language model."""
 
     name = "unifier-quad"
     image_answers = False  # its QUAD side reads text logits
     Options = UnifierQuadOptions
     supports = frozenset({"ddp"})
-    options: UnifierQuadOptions  # type: ignore[assignment]
+    options: UnifierQuadOptions
 
     def __init__(self, ctx: RunContext, options: UnifierQuadOptions) -> None:
         super().__init__(ctx, options)
-        self.init_branches(ctx)
+        self.vision = UnifierVision(ctx, options)
+        # the previous step's model: QUAD's teacher forwards run with the frozen branches of the step's start
+        self.replay = QuestionReplay(ctx, options, teacher_mode=self.vision.teacher_mode)
 
     def setup(self, model: torch.nn.Module) -> torch.nn.Module:
-        model = super().setup(model)  # quad: peft LoRA + the teacher adapter
-        self.install_branches(model)
+        model = super().setup(model)  # one peft LoRA on the language model
+        self.replay.setup(model)  # + the teacher adapter
+        self.vision.install(model)
         return model
 
     def before_task(self, stage: int, task: Task) -> None:
-        # The branches' teacher copy first: QUAD's before_task lets the model (still equal to the
+        # The branches' teacher copy first: the replay's before_task lets the model (still equal to the
         # previous step's) answer the replay questions, and its teacher forwards use these copies.
-        self.open_branch(stage, task, need_teacher=True)
-        super().before_task(stage, task)
+        self.vision.open(stage, task, need_teacher=True)
+        self.replay.before_task(stage, task)
 
     def after_task(self, stage: int, task: Task) -> None:
-        self.close_branch()
-        super().after_task(stage, task)
-
-    @torch.no_grad()
-    def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The previous step's model: teacher adapter and teacher branches."""
-        assert self.branches is not None
-        with self.branches.teacher_mode():
-            return super().teacher_logits(batch)
+        self.vision.close()
+        self.replay.after_task(stage, task)
 
     def extra_loss(self, batch: dict[str, torch.Tensor], outputs: Any, stage: int) -> torch.Tensor | None:
-        vcc = self.vcc_loss(batch)  # first: QUAD's replay forwards overwrite the recorded branch outputs
-        quad = super().extra_loss(batch, outputs, stage)
+        vcc = self.vision.loss(batch)  # first: the replay forwards overwrite the recorded branch outputs
+        quad = self.replay.loss(batch, stage)
         terms = [t for t in (vcc, quad) if t is not None]
         return sum(terms[1:], terms[0]) if terms else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "branches": self.branch_state()}
+        return {**self.replay.state_dict(), "branches": self.vision.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.load_branch_state(state["branches"])
+        self.replay.load_state_dict(state)
+        self.vision.load_state_dict(state["branches"])
 
     def cost(self) -> dict[str, Any]:
-        cost = super().cost()
-        branches = self.branch_cost()
+        cost = self.replay.cost()
+        branches = self.vision.cost()
         cost["held_bytes"]["teacher_branches"] = branches.pop("teacher_branches_bytes")
         return {**cost, **branches}

@@ -6,6 +6,9 @@ from typing import Any
 
 from mmcl.data.sample import Sample
 
+IGNORE_INDEX = -100
+"""The label of a position the loss ignores (transformers' convention): training encodes the prompt with it."""
+
 # LLaVA-1.5 ("vicuna_v1"-like) conversation format, written as a Jinja chat template so
 # that real checkpoints with their own template go through exactly the same code.
 LLAVA15_CHAT_TEMPLATE = (

@@ -33,10 +33,9 @@ import torch
 
 from mmcl.data.errors import DataError, DataProblem
 from mmcl.data.sample import Sample
-from mmcl.models.chat import answer_text, build_prompt
+from mmcl.models.chat import IGNORE_INDEX, answer_text, build_prompt
 from mmcl.models.dual import boi_token_id, image_tokenizer, supports_image_output
 
-IGNORE_INDEX = -100
 MAX_CHARS_PER_TOKEN = 32  # a prompt longer than this many characters per context position is refused untokenized
 TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 

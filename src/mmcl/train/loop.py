@@ -1,4 +1,5 @@
-"""The one training loop. Methods change it only through their hooks (see methods/base.py).
+"""The one training loop. Methods change it only through their hooks (:class:`mmcl.train.hooks.TrainingHooks`,
+implemented by :class:`mmcl.methods.base.Method`).
 
 It is a loss function and a batch source (a seeded DataLoader, epoch after epoch) handed to the
 optimisation primitive :func:`mmcl.train.steps.fit`, which the pre-training recipes use too.
@@ -29,10 +30,10 @@ from accelerate.utils import synchronize_rng_states
 from torch.utils.data import DataLoader
 
 from mmcl.config import TrainConfig
-from mmcl.methods.base import Method
 from mmcl.train.compile import compiled
 from mmcl.train.dual import forward_batch
 from mmcl.train.encode import Encoded, collate_train
+from mmcl.train.hooks import GradClip, TrainingHooks
 from mmcl.train.steps import Optim, Updates, epochs, fit, warmup_schedule
 
 
@@ -72,7 +73,7 @@ def release_stage(accelerator: Accelerator) -> None:
 
 
 def train_on(
-    method: Method,
+    method: TrainingHooks,
     encoded: list[Encoded],
     cfg: TrainConfig,
     accelerator: Accelerator,
@@ -80,12 +81,18 @@ def train_on(
     seed: int,
     pad_id: int,
     on_step: Callable[[int, float], None] | None = None,
+    grad_clip: GradClip | None = None,
 ) -> TrainStats:
-    """Train ``method.model`` on ``encoded`` for the configured number of update steps."""
+    """Train ``method.model`` on ``encoded`` for the configured number of update steps.
+
+    ``grad_clip``: told the parameters and ``cfg.max_grad_norm`` for this pass, so that the hooks can
+    read the factor clipping is about to apply (:class:`mmcl.train.hooks.GradClip`)."""
     model = method.model
     params = [p for p in method.trainable_parameters() if p.requires_grad]
     if not params:
         raise RuntimeError(f"method {method.name!r} left no trainable parameters at stage {stage}")
+    if grad_clip is not None:
+        grad_clip.watch(params, cfg.max_grad_norm)
     total_steps = num_update_steps(len(encoded), cfg, accelerator.num_processes)
     gen = torch.Generator().manual_seed(seed * 1000 + stage)
     loader = DataLoader(
@@ -149,6 +156,8 @@ def train_on(
     # evaluation and the loop above enter accelerator.autocast() themselves
     method.model = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     release_stage(accelerator)
+    if grad_clip is not None:
+        grad_clip.release()
     return TrainStats(
         steps=len(losses),
         samples=samples,
