@@ -497,3 +497,45 @@ def test_the_released_form_falls_back_on_real_gradients(tiny_llava_dir: Path) ->
     method.after_backward(1)
     plain = 0.99 * avg + 0.01 * p.detach()
     assert (torch.isclose(method.avg[k], plain, atol=1e-7)).float().mean() > 0.99
+
+
+# ---------------------------------------------------------------------- clip scale (the loop publishes it)
+def test_the_published_clip_scale_is_the_factor_clipping_applies() -> None:
+    from mmcl.train.hooks import GradClip
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3, generator=gen)) for _ in range(3)]
+    for p in params:
+        p.grad = 10 * torch.randn(p.shape, generator=gen)
+    clip = GradClip()
+    assert clip.scale() == 1.0  # outside a pass
+    clip.watch(params, 1.0)
+    scale = clip.scale()
+    before = [p.grad.clone() for p in params]
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    assert 0 < scale < 1
+    for b, p in zip(before, params, strict=True):
+        torch.testing.assert_close(p.grad, b * scale)
+    clip.watch(params, None)  # no clipping
+    assert clip.scale() == 1.0
+    clip.release()
+    assert clip.scale() == 1.0
+
+
+def test_mage_reads_the_clip_scale_in_after_backward(tiny_llava_dir: Path) -> None:
+    method = _method(tiny_llava_dir, "train.max_grad_norm=0.001", "train.max_steps=2")
+    seen: list[float] = []
+    services = method.ctx.services
+    real = services.clip_scale
+
+    def spy() -> float:
+        seen.append(real())
+        return seen[-1]
+
+    services.clip_scale = spy
+    try:
+        train_stage(method, 0)
+        train_stage(method, 1, finish=False)
+    finally:
+        del services.clip_scale
+    assert len(seen) == 4 and all(0 < s < 1 for s in seen)  # every update of both stages, clipped
