@@ -234,13 +234,12 @@ def run_context(
     device: torch.device | None = None,
     seed: int | None = None,
     *,
-    encoder: Encoder | None = None,
     num_processes: int = 1,
     train_extra: Any = None,
 ) -> RunContext:
-    """A method's run context with the runner's services (what :class:`Runner` builds; tests use it too)."""
+    """A method's run context with :class:`RunServices`, as :class:`Runner` builds it (tests and scripts use it)."""
     device = device if device is not None else torch.device("cpu")
-    services = RunServices(cfg, bundle, device, encoder, num_processes)
+    services = RunServices(cfg, bundle, device, num_processes=num_processes)
     return RunContext(cfg, bundle, benchmark, device, cfg.seed if seed is None else seed,
                       train_extra=train_extra, services=services)
 
@@ -301,10 +300,10 @@ class Runner:
             self.console.print(f"[dim]{self.benchmark.name} has image answers: model.preset defaults to {DUAL_PRESET}[/]")
         self.bundle = load_model(cfg.model)
         self.bundle.model.to(self.device)
-        self.encoder = Encoder.for_bundle(self.bundle)
-        self.ctx = run_context(cfg, self.bundle, self.benchmark, self.device, cfg.seed, encoder=self.encoder,
-                               num_processes=self.accelerator.num_processes, train_extra=self._train_extra)
-        self.services: RunServices = self.ctx.services  # type: ignore[assignment]
+        self.services = RunServices(cfg, self.bundle, self.device, num_processes=self.accelerator.num_processes)
+        self.encoder = self.services.encoder
+        self.ctx = RunContext(cfg, self.bundle, self.benchmark, self.device, cfg.seed, train_extra=self._train_extra,
+                              services=self.services)
         self._extra_stats: list[dict[str, Any]] = []  # passes a method trained through ctx.train_extra this stage
         self.method: Method = build_method(self.ctx)
         self.tracker = ckpt.TrainableTracker(self.bundle.model)  # before setup: these are the base weights
