@@ -58,6 +58,7 @@ import mmcl
 from mmcl import checkpoint as ckpt
 from mmcl.benchmarks.builtin import build_benchmark
 from mmcl.config import RunConfig, check_trackers_installed, flat_config, to_yaml
+from mmcl.data.fingerprint import data_changes, data_files, fingerprint
 from mmcl.data.sample import Benchmark, Sample, Task
 from mmcl.eval import budget
 from mmcl.eval.evaluator import ERROR_TRACKS, IMAGE_KEY, TRACK_PREFIX, TaskResult, evaluate_task
@@ -70,6 +71,7 @@ from mmcl.report.html import write_html_report
 from mmcl.report.markdown import write_report
 from mmcl.report.protocols import protocols
 from mmcl.report.results import compute_track_metrics, write_matrix_csv
+from mmcl.rundir import RunLock, check_foreign
 from mmcl.train import feature_cache
 from mmcl.train.dual import forward_batch
 from mmcl.train.encode import Encoded, Encoder, collate_train
@@ -436,8 +438,6 @@ class Runner:
 
     def _take_run_dir(self) -> ckpt.ResumePoint | None:
         """(Main process.) Refuse a foreign directory, lock the run directory, inspect it, check the data."""
-        from mmcl.rundir import RunLock, check_foreign
-
         out = self.output_dir
         note = check_foreign(out, self.force)
         try:
@@ -455,8 +455,6 @@ class Runner:
 
     def _check_data(self, point: ckpt.ResumePoint | None) -> dict[str, Any] | None:
         """The data fingerprint to record: the saved one on resume (after refusing changed data), else a new one."""
-        from mmcl.data.fingerprint import data_changes, data_files, fingerprint
-
         files = data_files(self.benchmark)
         saved = point.manifest.get("data") if point is not None and point.manifest is not None else None
         if saved is None:
