@@ -73,3 +73,50 @@ def test_probe_reads_the_base_and_sees_the_projector_drift(llava_and_task) -> No
     assert after < before - 20
     again = probe.accuracy(image_features(bundle.model, bundle.processor, test), y_test)
     assert again == before  # reading features changes nothing
+
+
+def test_a_run_reports_the_drift_track(tmp_path) -> None:
+    """`eval.drift_probe`: the zero-shot row is the base's probe accuracy, a vision LoRA moves it, the
+    probes are kept in the run directory, and a model without image features is refused up front."""
+    import json
+    from pathlib import Path
+
+    from mmcl.config import load_config
+    from mmcl.runner import DRIFT_FILE, Runner
+
+    quick = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
+    cfg = load_config([quick], overrides=["eval.drift_probe=true", "model.lora_vision=true", "benchmark.tasks=2",
+                                          "train.epochs=1", "train.num_threads=1", "eval.save_predictions=true"])
+    out = Runner(cfg, output_dir=tmp_path / "run").run()
+    results = json.loads((out / "results.json").read_text())
+    zero_shot, rows = results["zero_shot"]["drift_probe"], results["matrix"]["drift_probe"]
+    assert len(zero_shot) == 2 and all(0.0 <= v <= 1.0 for v in zero_shot)
+    assert zero_shot[0] >= 0.6  # the base separates the first task's categories (measured 0.83 on 24 items)
+    assert rows[-1] != zero_shot  # the vision LoRA moved the features (measured 0.67 -> 0.58 on task 2)
+    assert (out / DRIFT_FILE).is_file()
+    row = json.loads((out / "predictions" / "zero-shot" / f"{results['tasks'][0]}.jsonl").read_text().splitlines()[0])
+    assert row["tracks"]["drift_probe"] in (0.0, 1.0, None)
+    again = Runner(cfg, output_dir=out, resume=True)  # a resumed run reads the probes back, never refits
+    again.method.model.base_model.model.model.multi_modal_projector.linear_1.weight.data.zero_()
+    again._prepare_drift()
+    saved = torch.load(out / DRIFT_FILE, weights_only=True)
+    assert set(again.drift.probes) == set(saved)
+    assert all(torch.equal(again.drift.probes[k].weight, saved[k]["weight"]) for k in saved)
+
+
+
+def test_a_model_without_image_features_is_refused(tmp_path, monkeypatch) -> None:
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import mmcl.runner
+    from mmcl.config import load_config
+    from mmcl.eval.drift import supports_drift
+
+    assert not supports_drift(SimpleNamespace())
+    monkeypatch.setattr(mmcl.runner, "supports_drift", lambda model: False)  # as for a Qwen2-VL checkpoint
+    quick = Path(__file__).resolve().parents[1] / "configs" / "quick.yaml"
+    cfg = load_config([quick], overrides=["eval.drift_probe=true", "benchmark.tasks=1"])
+    with pytest.raises(ValueError, match="eval.drift_probe=false"):
+        mmcl.runner.Runner(cfg, output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

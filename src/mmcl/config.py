@@ -169,6 +169,11 @@ class EvalConfig(_Strict):
     # <begin_of_image> or not), or "task" (samples with a target image get one directly, as Janus'
     # own pipeline does: for checkpoints never trained to emit <begin_of_image> themselves)
     image_answers: Literal["model", "task"] = "model"
+    # visual drift (mmcl.eval.drift, docs/metrics.md#visual-drift): a linear probe per task, fitted once on
+    # the base model's image features of up to drift_train_images labelled training images, read on the
+    # current features of the test images after every stage; a matrix track "drift_probe" (LLaVA-style models)
+    drift_probe: bool = False
+    drift_train_images: Count = 256
 
     @model_validator(mode="before")
     @classmethod

@@ -61,6 +61,7 @@ from mmcl.config import RunConfig, check_trackers_installed, flat_config, to_yam
 from mmcl.data.fingerprint import data_changes, data_files, fingerprint
 from mmcl.data.sample import Benchmark, Sample, Task
 from mmcl.eval import budget
+from mmcl.eval.drift import DRIFT_TRACK, DriftTrack, supports_drift
 from mmcl.eval.evaluator import ERROR_TRACKS, IMAGE_KEY, TRACK_PREFIX, TaskResult, evaluate_task
 from mmcl.eval.generate import Shard, generate_answers
 from mmcl.methods import METHODS, Method, RunContext, build_method
@@ -83,6 +84,7 @@ from mmcl.utils.paths import inside
 
 PRIMARY = "primary"
 DUAL_PRESET = "tiny-janus"  # the default model of streams with image answers
+DRIFT_FILE = "drift-probes.pt"  # the probes fitted on the base (eval.drift_probe), kept for --resume
 
 
 def seed_everything(seed: int) -> None:
@@ -327,6 +329,10 @@ class Runner:
                 "(model.preset: tiny-janus, or a local Janus checkpoint)"
             )
         self._error_tracks = any("expect" in t.meta for t in self.benchmark.tasks)
+        self.drift = DriftTrack(cfg.eval.drift_train_images) if cfg.eval.drift_probe else None
+        if self.drift is not None and not supports_drift(self.method.model):
+            raise ValueError(f"eval.drift_probe reads image features through get_image_features, which "
+                             f"{self.bundle.family.model_class} does not have; set eval.drift_probe=false")
 
     # ------------------------------------------------------------------ setup
     @staticmethod
@@ -501,6 +507,7 @@ class Runner:
         state = RunState()
         tasks = self.benchmark.tasks
         schedule = self.method.schedule
+        self._prepare_drift()
         with self._progress() as progress:
             self.progress = progress
             if self.cfg.eval.zero_shot or schedule == "none":
@@ -536,6 +543,21 @@ class Runner:
         for tracker in self.accelerator.trackers:  # = accelerator.end_training(), minus destroying the process group
             tracker.finish()
         return out
+
+    def _prepare_drift(self) -> None:
+        """Fit the drift probes on the base model (or reload them: a resumed run's model is no longer the base)."""
+        if self.drift is None:
+            return
+        path = inside(self.output_dir, DRIFT_FILE)
+        if path.is_file():
+            self.drift.load_state_dict(torch.load(path, weights_only=True))
+            return
+        t0 = time.perf_counter()
+        with self._base_model(), self.accelerator.autocast():
+            self.drift.fit(self.method.model, self.bundle.processor, self.benchmark.tasks, self.cfg.eval.batch_size)
+        self._on_main(torch.save, self.drift.state_dict(), path)
+        self.console.print(f"[dim]drift probes: {len(self.drift.probes)} tasks, fitted on the base's image "
+                           f"features in {time.perf_counter() - t0:.1f}s[/]")
 
     def _stages(self) -> list[tuple[int, Task]]:
         """(stage index, task) of every training stage: one per task, one for joint, none for zero-shot."""
@@ -723,6 +745,11 @@ class Runner:
                     cfg_scale=self.cfg.eval.cfg_scale,
                     image_answers=self.cfg.eval.image_answers,
                 )
+            if self.drift is not None:  # before the rows are saved: a reloaded cell reads the marks back
+                acc = self.drift.mark(self.method.model, self.bundle.processor, task, res.predictions,
+                                      self.cfg.eval.batch_size)
+                if acc is not None:
+                    res.scores[TRACK_PREFIX + DRIFT_TRACK] = acc
             if task is not full_task:
                 res.scores.update(budget.standard_errors(task, res.predictions, len(full_task.test)))
             self._on_main(self._save_images, stage_dir, task, res)
@@ -753,6 +780,8 @@ class Runner:
         names = list(self.method.extra_tracks)
         if self._error_tracks:
             names += [n for n in ERROR_TRACKS.values() if n not in names]
+        if self.drift is not None:
+            names.append(DRIFT_TRACK)
         return names
 
     def _row_to_tracks(self, row: dict[str, TaskResult]) -> dict[str, list[float | None]]:

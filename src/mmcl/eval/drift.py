@@ -91,9 +91,15 @@ def can_probe(samples: Sequence[Sample]) -> bool:
     return len(set(labelled(samples)[1])) >= 2
 
 
+DRIFT_MODEL_TYPES = ("llava", "janus")
+"""Model types whose ``get_image_features(pixel_values)`` gives one ``[tokens, hidden]`` feature per image
+(Qwen2-VL's needs the patch grid as well, LLaVA-NeXT's tiles: not read here)."""
+
+
 def supports_drift(model: Any) -> bool:
-    """Whether the model exposes the image features a probe reads (LLaVA-style ``get_image_features``)."""
-    return inner_model(model) is not None
+    """Whether the model exposes the image features a probe reads (see :data:`DRIFT_MODEL_TYPES`)."""
+    inner = inner_model(model)
+    return inner is not None and getattr(getattr(inner, "config", None), "model_type", None) in DRIFT_MODEL_TYPES
 
 
 @torch.no_grad()
