@@ -178,3 +178,18 @@ def test_projector_copies_refused_where_the_projector_input_is_packed(tiny_llava
     with pytest.raises(ValueError, match="train_projector=false"):
         MRLoRA(method.ctx, method.options)
     MRLoRA(method.ctx, MRLoRA.parse_options({"train_projector": False}))  # without copies it is fine
+
+
+def test_text_only_router_reads_the_question_without_the_image(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    method = _method(tiny_llava_dir, "method.router_input=text")
+    train_stage(method, 0)
+    train_stage(method, 1)
+    (call,) = method.router_calls
+    assert all(s.image is None for s in call["samples"]) and call["samples"][0].question
+    default = _method(tiny_llava_dir)
+    train_stage(default, 0)
+    train_stage(default, 1)
+    assert all(s.image is not None for s in default.router_calls[0]["samples"])  # the official router sees it
+    res = run_quick(tiny_llava_dir, tmp_path / "run", "method.name=mr-lora", "method.router_input=text", *TRAIN)
+    acc = res["matrix"]["router_accuracy"]
+    assert all(0.0 <= v <= 1.0 for v in acc[-1])  # routed without images, at every stage

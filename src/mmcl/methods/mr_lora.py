@@ -13,7 +13,9 @@ stage ``t`` it is trained, through the shared training loop (``ctx.train_extra``
 stored set of training samples of every task seen so far (``router_samples_per_task``, default 20
 as in the official ``*_train20.json`` files; stored as sample ids), to answer with the letter of
 the task's expert from a prompt that lists the experts and their descriptions (``task.description``,
-else the task name) followed by the question (:func:`router_prompt`). There is no router while
+else the task name) followed by the question (:func:`router_prompt`), with the sample's image;
+``router_input: text`` gives the same router the question only (a control: how much of routing the
+image decides). There is no router while
 only one expert exists (as in the official schedule). ``router_reinit`` (default true) starts the
 router from a fresh adapter at each stage; false continues from the previous stage's router.
 
@@ -83,6 +85,8 @@ class MRLoRAOptions(MethodOptions):
     prompt_template: str = Field(DEFAULT_TEMPLATE, description="router prompt with {experts} and {question}")
     train_projector: bool = Field(True, description="each expert (and the router) owns a copy of the projector")
     oracle: bool = Field(True, description="also evaluate with oracle routing (the 'oracle' matrix track)")
+    router_input: Literal["image+text", "text"] = Field(
+        "image+text", description="what the router reads: the image and the question (official), or the question only")
 
 
 def expert_name(k: int) -> str:
@@ -215,7 +219,8 @@ class MRLoRA(Method):
         for i, s in enumerate(samples):
             q = router_prompt(s.question, texts, self.opts.prompt_template)
             ans = [LETTERS[answers[i]]] if answers is not None else []
-            out.append(Sample(id=f"router:{s.id}", question=q, answers=ans, image=s.image, task=s.task))
+            image = s.image if self.opts.router_input == "image+text" else None
+            out.append(Sample(id=f"router:{s.id}", question=q, answers=ans, image=image, task=s.task))
         return out
 
     def router_data(self) -> list[Sample]:
