@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from mmcl.cli import app
@@ -15,6 +16,7 @@ def _positive(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
+@pytest.mark.slow  # ~20 s: a real bench; the inner loop stays under 3 minutes
 def test_quick_bench_writes_the_promised_json(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     # one thread: a quick run that stays quick on a busy CI machine

@@ -76,6 +76,7 @@ def _sampled(*extra: str) -> list[str]:
     return ["eval.matrix=sampled", "eval.sample_per_cell=3", *extra]
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_sampled_run_records_cells_and_errors(tiny_llava_dir: Path, tmp_path: Path) -> None:
     out = Runner(load_config(overrides=quick_overrides(tiny_llava_dir, "train.num_threads=1", *_sampled())),
                  output_dir=tmp_path / "run").run()

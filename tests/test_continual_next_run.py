@@ -34,6 +34,7 @@ def run(model_dir: Path, out: Path, *extra: str) -> dict:
     return json.loads((out / "results.json").read_text())
 
 
+@pytest.mark.slow  # ~7 s each: Janus runs on the stream
 @pytest.mark.parametrize("method", ["lora-ft", "mage"])
 def test_a_run_on_the_stream_records_images_error_classes_and_the_summary(
     janus_dir: Path, tmp_path: Path, method: str
@@ -131,6 +132,7 @@ def foreign_janus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # ~7 s
 def test_a_janus_checkpoint_from_model_path_trains_and_generates_images(foreign_janus_dir: Path, tmp_path: Path) -> None:
     from PIL import Image
 

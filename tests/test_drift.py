@@ -75,6 +75,7 @@ def test_probe_reads_the_base_and_sees_the_projector_drift(llava_and_task) -> No
     assert again == before  # reading features changes nothing
 
 
+@pytest.mark.slow  # ~9 s: a real run with the drift track
 def test_a_run_reports_the_drift_track(tmp_path) -> None:
     """`eval.drift_probe`: the zero-shot row is the base's probe accuracy, a vision LoRA moves it, the
     probes are kept in the run directory, and a model without image features is refused up front."""

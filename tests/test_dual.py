@@ -116,6 +116,7 @@ def test_the_custom_image_loop_matches_the_real_generate(bundle: types.SimpleNam
     assert torch.equal(real, mine)
 
 
+@pytest.mark.slow  # trains for a few seconds: CI's full suite, not the inner loop
 def test_training_teaches_the_model_to_choose_an_image_or_text(bundle: types.SimpleNamespace) -> None:
     model, tok = bundle.model, bundle.tokenizer
     enc = Encoder.for_bundle(bundle)

@@ -141,6 +141,7 @@ def test_state_dict_round_trip(after_two: dict[str, EWC], tiny_llava_dir: Path) 
         make_ewc(tiny_llava_dir).load_state_dict(sep.state_dict())
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_end_to_end_two_tasks(tiny_llava_dir: Path, tmp_path: Path) -> None:
     res = run_quick(
         tiny_llava_dir,

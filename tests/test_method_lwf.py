@@ -160,6 +160,7 @@ def test_teacher_unchanged_during_a_training_stage(tiny_llava_dir: Path) -> None
     assert all(torch.equal(after_s[k], adapter_state(m, "teacher")[k]) for k in after_s)
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_end_to_end_two_tasks(tiny_llava_dir: Path, tmp_path: Path) -> None:
     res = run_quick(
         tiny_llava_dir,

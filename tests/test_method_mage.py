@@ -261,6 +261,7 @@ def test_after_backward_and_after_task_apply_pema(tiny_llava_dir: Path) -> None:
     assert torch.equal(params[k0].detach(), before) and method.cost()["pema"]["not_replaced"] == 1
 
 
+@pytest.mark.slow  # trains for a few seconds: CI's full suite, not the inner loop
 def test_training_with_and_without_aggregation(tiny_llava_dir: Path) -> None:
     runs = {}
     for agg in (True, False):  # the earlier boolean values: true = released, false = off
@@ -362,6 +363,7 @@ def test_state_dict_round_trip_mid_task(tiny_llava_dir: Path) -> None:
         fresh.load_state_dict({**state, "trained": ["exp_audio_out"]})
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_end_to_end(tiny_llava_dir: Path, tmp_path: Path) -> None:
     res = run_quick(tiny_llava_dir, tmp_path, "method.name=mage")
     assert res["method"] == "mage" and len(res["matrix"]["primary"]) == 3
@@ -396,6 +398,7 @@ def test_aggregation_option_values() -> None:
         MAGE.parse_options({"pema_fallback_horizon": "long"})
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_the_scaled_fallback_horizon(tiny_llava_dir: Path) -> None:
     assert fallback_weight(0.99, 3000) == pytest.approx(0.99)
     assert fallback_weight(0.99, 100) == pytest.approx(0.99 ** 30)  # 0.74: keeps 0.99 ** 3000 after 100 steps

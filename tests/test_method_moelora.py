@@ -225,6 +225,7 @@ def test_bad_options_are_refused(tiny_llava_dir: Path) -> None:
     assert make("method.experts=2").rank_per_expert == 8
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_end_to_end_three_tasks(tiny_llava_dir: Path, tmp_path: Path) -> None:
     res = run_quick(tiny_llava_dir, tmp_path, "method.name=moelora")
     assert res["method"] == "moelora" and len(res["matrix"]["primary"]) == 3

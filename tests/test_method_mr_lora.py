@@ -145,6 +145,7 @@ def test_batched_routing_equals_one_at_a_time(tiny_llava_dir: Path) -> None:
     assert mixed == alone
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_run_reports_router_accuracy_and_oracle_tracks(tiny_llava_dir: Path, tmp_path: Path) -> None:
     res = run_quick(tiny_llava_dir, tmp_path / "run", "method.name=mr-lora", *TRAIN)
     m = res["matrix"]
@@ -180,6 +181,7 @@ def test_projector_copies_refused_where_the_projector_input_is_packed(tiny_llava
     MRLoRA(method.ctx, MRLoRA.parse_options({"train_projector": False}))  # without copies it is fine
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_text_only_router_reads_the_question_without_the_image(tiny_llava_dir: Path, tmp_path: Path) -> None:
     method = _method(tiny_llava_dir, "method.router_input=text")
     train_stage(method, 0)

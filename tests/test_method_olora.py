@@ -173,6 +173,7 @@ def test_bad_options_are_refused(tiny_llava_dir: Path) -> None:
         OLora(RunContext(cfg, SimpleNamespace(model=None), None), OLora.parse_options({}))  # type: ignore[arg-type]
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_end_to_end_three_tasks(tiny_llava_dir: Path, tmp_path: Path) -> None:
     res = run_quick(tiny_llava_dir, tmp_path, "method.name=o-lora")
     assert res["method"] == "o-lora" and len(res["matrix"]["primary"]) == 3

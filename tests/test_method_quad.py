@@ -286,6 +286,7 @@ def test_attention_layers_select_and_refuse(quad: Quad, tiny_llava_dir: Path) ->
         quad.replay.options = QuadOptions(questions_per_task=5)
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_end_to_end(tiny_llava_dir: Path, tmp_path: Path) -> None:
     res = run_quick(
         tiny_llava_dir,

@@ -204,6 +204,7 @@ def test_shipped_config_has_the_defaults() -> None:
     assert METHODS.get("replay").parse_options(cfg.method.options()) == mmcl.methods.replay.ReplayOptions()
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_end_to_end_three_tasks(tiny_llava_dir: Path, tmp_path: Path) -> None:
     res = run_quick(tiny_llava_dir, tmp_path, "method.name=replay", "eval.zero_shot=false", "eval.full_matrix=false")
     assert res["method"] == "replay" and len(res["matrix"]["primary"]) == 3

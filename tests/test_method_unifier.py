@@ -181,6 +181,7 @@ def test_too_few_branches_for_the_stream_is_refused(tiny_llava_dir: Path) -> Non
         make(tiny_llava_dir, "method.num_branches=1")
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_end_to_end_quick_run(tiny_llava_dir: Path, tmp_path: Path) -> None:
     results = run_quick(tiny_llava_dir, tmp_path / "run", "method.name=unifier")
     assert results["method"] == "unifier"
@@ -280,6 +281,7 @@ def test_unifier_quad_needs_the_lm_lora(tiny_llava_dir: Path) -> None:
         build_test_method(tiny_llava_dir, "unifier-quad", ORDER, "method.lm_lora=false", setup=False)
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_unifier_quad_end_to_end(tiny_llava_dir: Path, tmp_path: Path) -> None:
     results = run_quick(tiny_llava_dir, tmp_path / "run", "method.name=unifier-quad")
     cost = results["cost"]

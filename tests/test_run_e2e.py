@@ -61,6 +61,7 @@ def test_outputs_and_full_matrix(lora_run: tuple[Path, dict]) -> None:
     assert load_config([out / "config.yaml"]).seed == 3  # the resolved config round-trips
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_same_seed_same_matrix(lora_run: tuple[Path, dict], tiny_llava_dir: Path, tmp_path: Path) -> None:
     _, first = lora_run
     again = _run(tmp_path, tiny_llava_dir, "seed=3")
@@ -75,6 +76,7 @@ def test_training_changes_the_model_output(lora_run: tuple[Path, dict]) -> None:
     assert before != after
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_joint_and_zero_shot_schedules(tiny_llava_dir: Path, tmp_path: Path) -> None:
     joint = _run(tmp_path / "joint", tiny_llava_dir, "method.name=joint")
     assert len(joint["matrix"]["primary"]) == 1 and joint["stages"] == ["after joint training"]

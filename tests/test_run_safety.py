@@ -266,6 +266,7 @@ def test_lock_names_the_holder_and_is_released_with_the_process(tmp_path: Path) 
 
 
 # ---------------------------------------------------------------------- a directory that is not a run
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
 def test_foreign_directory_is_refused_and_force_moves_clashing_files_aside(tiny_llava_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "mine"
     out.mkdir()

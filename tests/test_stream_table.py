@@ -44,6 +44,7 @@ def small_config(tiny_llava_dir: Path, tmp_path: Path) -> Path:
     return config
 
 
+@pytest.mark.slow  # ~18 s: the table script across two sessions
 def test_a_table_across_sessions(small_config: Path, tmp_path: Path) -> None:
     """Session 1 parks an unkept run; session 2 unpacks and keeps it and runs the rest; session 3 reruns nothing."""
     out, keep = tmp_path / "runs", tmp_path / "results"

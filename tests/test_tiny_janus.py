@@ -92,6 +92,7 @@ def test_no_image_is_reported() -> None:
     assert generate_images_or_none(not_janus, None, ["a", "b"]) == [None, None]
 
 
+@pytest.mark.slow  # trains for a few seconds: CI's full suite, not the inner loop
 def test_judge_accuracy_is_computed_untrained_near_chance_trained_well_above(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     base = dict(n_train=1200, n_heldout=400, width=16, batch_size=32, lr=3e-3)
