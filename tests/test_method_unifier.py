@@ -288,3 +288,25 @@ def test_unifier_quad_end_to_end(tiny_llava_dir: Path, tmp_path: Path) -> None:
     assert results["method"] == "unifier-quad" and len(results["matrix"]["primary"]) == 3
     assert cost["branches"] == 3 and cost["questions_stored"] > 0
     assert cost["held_bytes"]["teacher_branches"] > 0 and cost["held_bytes"]["teacher_adapter"] > 0
+
+
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
+@pytest.mark.parametrize("method", ["unifier", "unifier-quad"])
+def test_branches_off_track_answers_again_without_the_branches(tiny_llava_dir: Path, tmp_path: Path, method: str) -> None:
+    import json
+
+    results = run_quick(tiny_llava_dir, tmp_path / "run", f"method.name={method}", "method.branches_off_track=true",
+                        "train.lr=0.01")
+    m = results["matrix"]
+    zero = results["zero_shot"]
+    assert zero["branches_off_changed"] == [0.0] * len(zero["primary"])  # untrained branches add nothing
+    assert zero["branches_off"] == zero["primary"]
+    assert all(0.0 <= v <= 1.0 for row in m["branches_off_changed"] for v in row)
+    assert len(m["branches_off"]) == len(m["primary"])
+    stage = sorted((tmp_path / "run" / "predictions").glob("stage-*"))[-1]
+    rows = [json.loads(line) for f in sorted(stage.glob("*.jsonl")) for line in f.read_text().splitlines()]
+    for r in rows:  # each row: the answer without branches, and whether it differs
+        assert r["tracks"]["branches_off_changed"] == float(r["branches_off_prediction"] != r["prediction"])
+    without = run_quick(tiny_llava_dir, tmp_path / "plain", f"method.name={method}", "train.lr=0.01")
+    assert without["matrix"]["primary"] == m["primary"]  # the extra answers change nothing else
+    assert "branches_off" not in without["matrix"]

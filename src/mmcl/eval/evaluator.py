@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +27,8 @@ class EvaluationHooks(Protocol):
     def route(self, samples: list[Sample], task: Task) -> list[str] | None: ...
 
     def extra_routes(self, samples: list[Sample], task: Task) -> dict[str, list[str]]: ...
+
+    def extra_states(self, task: Task) -> dict[str, AbstractContextManager[None]]: ...
 
     def sample_tracks(self, task: Task) -> dict[str, list[float | None]]: ...
 
@@ -165,6 +168,14 @@ def evaluate_task(
         for r, o, a in zip(rows, other_rows, names, strict=True):
             r.setdefault("tracks", {})[track] = o["scores"][task.primary_scorer]
             r[f"{track}_prediction"], r[f"{track}_adapter"] = o["prediction"], a
+    for track, state in method.extra_states(task).items():
+        with state:  # e.g. UNIFIER's branches switched off: every sample is answered again
+            other = generate(everything, adapter_names, None)
+        _, other_rows = score_predictions(task, other)
+        for r, o, p in zip(rows, other_rows, preds, strict=True):
+            r.setdefault("tracks", {})[track] = o["scores"][task.primary_scorer]
+            r["tracks"][f"{track}_changed"] = float(o["prediction"] != str(p))
+            r[f"{track}_prediction"] = o["prediction"]
     for track, values in method.sample_tracks(task).items():
         for r, v in zip(rows, values, strict=True):
             r.setdefault("tracks", {})[track] = v

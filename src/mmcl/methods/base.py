@@ -11,6 +11,7 @@ A method never copies the loop. The runner calls, for each stage t with task T_t
     method.after_task(t, task)                  # e.g. Fisher estimate, freeze an expert
     for every task j: method.route(samples_j, j) -> adapter name per sample (or None)
                       method.extra_routes(samples_j, j) -> more routings, each scored as its own track
+                      method.extra_states(j) -> model states to answer again in (e.g. branches off)
                       method.sample_tracks(j) -> per-sample values of further tracks (e.g. router accuracy)
 
 ``schedule`` says how the stream is used: "sequential" (train each task, evaluate after
@@ -29,6 +30,7 @@ from __future__ import annotations
 import difflib
 import types
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, Union, get_args, get_origin
 
@@ -248,6 +250,15 @@ class Method:
 
         Each is generated (only the samples whose adapter differs from :meth:`route`'s) and scored
         with the task's primary scorer; the mean is the task's cell in that track's matrix.
+        """
+        return {}
+
+    def extra_states(self, task: Task) -> dict[str, AbstractContextManager[None]]:
+        """Other states of the model to evaluate ``task`` in, by track name (e.g. UNIFIER's branches off).
+
+        Under each context every test sample is answered again (with :meth:`route`'s adapters);
+        the track ``<name>`` gets the primary score of those answers and ``<name>_changed`` the share
+        of answers that differ from the ones just scored. List both in ``extra_tracks``.
         """
         return {}
 

@@ -73,9 +73,15 @@ class UnifierOptions(MethodOptions):
     projector_term: bool = Field(True, description="Include L_p (P's output vs the previous step's).")
     detach_prototype: bool = Field(True, description="Treat the prototype as a fixed target.")
     lm_lora: bool = Field(True, description="Also train one shared LoRA on the language model.")
+    branches_off_track: bool = Field(
+        False, description="Also answer every test set with the branches switched off: tracks branches_off "
+                           "(its score) and branches_off_changed (share of answers that change); doubles evaluation.")
     num_branches: int | None = Field(
         None, ge=1, description="Branches per block (default: the number of scenarios in the stream)."
     )
+
+
+BRANCHES_OFF_TRACKS = ("branches_off", "branches_off_changed")
 
 
 def branch_keys(tasks: list[Task]) -> list[str]:
@@ -154,6 +160,10 @@ class UnifierVision:
         self.branches.freeze()  # nothing of the branches trains before the first step
         self._peft_disable = getattr(model, "disable_adapter", None)
         model.disable_adapter = self.disable_adapter  # the runner's zero-shot context
+
+    def off_states(self) -> dict[str, contextlib.AbstractContextManager[None]]:
+        """The branches-off evaluation state, when ``branches_off_track`` asks for it."""
+        return {"branches_off": self.branches.disabled()} if self.options.branches_off_track else {}
 
     @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
@@ -251,6 +261,10 @@ class Unifier(Method):
     def __init__(self, ctx: RunContext, options: UnifierOptions) -> None:
         super().__init__(ctx, options)
         self.vision = UnifierVision(ctx, options)
+        self.extra_tracks = BRANCHES_OFF_TRACKS if options.branches_off_track else ()
+
+    def extra_states(self, task: Task) -> dict[str, contextlib.AbstractContextManager[None]]:
+        return self.vision.off_states()
 
     def setup(self, model: torch.nn.Module) -> torch.nn.Module:
         torch.manual_seed(self.ctx.seed)

@@ -24,6 +24,7 @@ Distributed: ``ddp`` only (both parts are).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -33,7 +34,7 @@ from mmcl.data.sample import Task
 from mmcl.methods.base import METHODS, RunContext
 from mmcl.methods.lora_ft import LoraFT
 from mmcl.methods.quad import QuadOptions, QuestionReplay
-from mmcl.methods.unifier import UnifierOptions, UnifierVision
+from mmcl.methods.unifier import BRANCHES_OFF_TRACKS, UnifierOptions, UnifierVision
 
 
 class UnifierQuadOptions(UnifierOptions, QuadOptions):
@@ -61,6 +62,10 @@ class UnifierQuad(LoraFT):
         self.vision = UnifierVision(ctx, options)
         # the previous step's model: QUAD's teacher forwards run with the frozen branches of the step's start
         self.replay = QuestionReplay(ctx, options, teacher_mode=self.vision.teacher_mode)
+        self.extra_tracks = BRANCHES_OFF_TRACKS if options.branches_off_track else ()
+
+    def extra_states(self, task: Task) -> dict[str, contextlib.AbstractContextManager[None]]:
+        return self.vision.off_states()
 
     def setup(self, model: torch.nn.Module) -> torch.nn.Module:
         model = super().setup(model)  # one peft LoRA on the language model
