@@ -281,7 +281,9 @@ def test_interrupted_before_the_run_directory_is_written(
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_run_says_how_to_resume(sig: signal.Signals, tiny_llava_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    # PYTHONFAULTHANDLER: should the run not end, SIGABRT makes it print every thread's stack (one CI run
+    # under heavy load, 2026-12-05, saw a SIGINT sent during the zero-shot evaluation not end the run)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONFAULTHANDLER": "1"}
     args = [sys.executable, "-m", "mmcl.cli", "run", "--output", str(out),
             *sets(*quick_overrides(tiny_llava_dir, "train.num_threads=1", "train.max_steps=100000"))]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -290,7 +292,12 @@ def test_interrupted_run_says_how_to_resume(sig: signal.Signals, tiny_llava_dir:
         time.sleep(0.2)
     time.sleep(1)
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        _, err = proc.communicate(timeout=60)
+        pytest.fail(f"the run did not end within 120 s of {sig.name}; its threads when aborted:\n{err[-8000:]}")
     assert proc.returncode == 128 + sig, err[-2000:]
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.startswith("interrupted")]
