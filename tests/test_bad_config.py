@@ -281,12 +281,15 @@ def test_interrupted_before_the_run_directory_is_written(
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_run_says_how_to_resume(sig: signal.Signals, tiny_llava_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    # PYTHONFAULTHANDLER: should the run not end, SIGABRT makes it print every thread's stack (one CI run
-    # under heavy load, 2026-12-05, saw a SIGINT sent during the zero-shot evaluation not end the run)
+    # PYTHONFAULTHANDLER: should the run not end, SIGABRT makes it print every thread's stack.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRANSFORMERS_VERBOSITY": "error", "PYTHONFAULTHANDLER": "1"}
     args = [sys.executable, "-m", "mmcl.cli", "run", "--output", str(out),
             *sets(*quick_overrides(tiny_llava_dir, "train.num_threads=1", "train.max_steps=100000"))]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A suite started in the background by a non-interactive shell (`bash -c '... &'`, nohup) inherits
+    # SIGINT ignored, and Python then keeps it ignored: the run would never see the Ctrl-C this test
+    # sends. A user's terminal does not ignore it, so the run gets the default disposition back here.
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not (out / CONFIG_FILE).is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
