@@ -21,7 +21,15 @@ from conftest import quick_overrides
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from mmcl.checkpoint import KILL_ENV, TrainableTracker, load_checkpoint, read_manifest, save_checkpoint
+from mmcl.checkpoint import (
+    KILL_ENV,
+    RunDirError,
+    TrainableTracker,
+    inspect_run_dir,
+    load_checkpoint,
+    read_manifest,
+    save_checkpoint,
+)
 from mmcl.cli import app
 from mmcl.config import load_config, to_yaml
 from mmcl.runner import Runner
@@ -123,6 +131,34 @@ def test_resume_with_another_config_is_refused(tiny_llava_dir: Path, tmp_path: P
     text = " ".join(res.output.split())
     assert "different config" in text and "seed: 1 in the saved config, 2 now" in text and "train.lr" in text
     assert not (out / "predictions").exists()  # nothing was mixed in
+
+
+def test_a_key_added_since_the_run_started_keeps_its_default(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    """A run written by an earlier version (no `eval.drift_probe` in its config.yaml) resumes; the same
+    key set away from its default now is a difference."""
+    import yaml
+
+
+    out = _saved_config_dir(tmp_path, tiny_llava_dir)
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    del saved["eval"]["drift_probe"], saved["eval"]["drift_train_images"]
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    cfg = load_config(overrides=quick_overrides(tiny_llava_dir, ONE_THREAD))
+    assert inspect_run_dir(out, cfg, resume=True) is not None
+    changed = load_config(overrides=quick_overrides(tiny_llava_dir, ONE_THREAD, "eval.drift_probe=true"))
+    with pytest.raises(RunDirError, match=r"eval.drift_probe: False in the saved config, True now"):
+        inspect_run_dir(out, changed, resume=True)
+
+
+def test_a_config_yaml_edited_after_the_checkpoint_is_refused(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    from mmcl.checkpoint import start_manifest
+
+    out = _saved_config_dir(tmp_path, tiny_llava_dir, "seed=1")
+    start_manifest(out, load_config(overrides=quick_overrides(tiny_llava_dir, ONE_THREAD, "seed=1")))
+    edited = load_config(overrides=quick_overrides(tiny_llava_dir, ONE_THREAD, "seed=2"))
+    (out / "config.yaml").write_text(to_yaml(edited))  # config.yaml now says seed 2, the manifest seed 1
+    with pytest.raises(RunDirError, match="was config.yaml edited"):
+        inspect_run_dir(out, edited, resume=True)
 
 
 def test_plain_run_into_a_run_directory_is_refused(tiny_llava_dir: Path, tmp_path: Path) -> None:

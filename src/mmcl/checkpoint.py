@@ -151,9 +151,12 @@ def config_data(cfg: RunConfig) -> dict[str, Any]:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    return hashlib.sha256(
-        json.dumps(comparable_config(config_data(cfg)), sort_keys=True).encode()
-    ).hexdigest()
+    return data_hash(config_data(cfg))
+
+
+def data_hash(data: dict[str, Any]) -> str:
+    """The hash of a config as config.yaml holds it (what the manifest records)."""
+    return hashlib.sha256(json.dumps(comparable_config(data), sort_keys=True).encode()).hexdigest()
 
 
 def config_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -167,6 +170,16 @@ def config_differences(saved: dict[str, Any], new: dict[str, Any]) -> list[str]:
             show = lambda v: "(absent)" if v is missing else repr(v)  # noqa: E731
             diffs.append(f"{k}: {show(va)} in the saved config, {show(vb)} now")
     return diffs
+
+
+def _with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """The saved config with the defaults of keys it does not name filled in, as config.yaml would
+    hold them now: a run written before a key existed resumes when the key keeps its default.
+    A saved config the current version cannot read is compared as written (the keys then differ)."""
+    try:
+        return config_data(RunConfig.model_validate(saved))
+    except (ValueError, TypeError):
+        return saved
 
 
 # ---------------------------------------------------------------------- run directory
@@ -236,7 +249,7 @@ def inspect_run_dir(out: Path, cfg: RunConfig, resume: bool) -> ResumePoint | No
         saved_data = yaml.safe_load(saved.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, OSError) as e:
         raise RunDirError(f"{saved}: cannot be read ({e})") from None
-    diffs = config_differences(saved_data, config_data(cfg))
+    diffs = config_differences(_with_defaults(saved_data), config_data(cfg))
     if diffs:
         raise RunDirError(
             f"cannot resume {out}: it was written by a different config ({'; '.join(diffs)}); "
@@ -244,7 +257,7 @@ def inspect_run_dir(out: Path, cfg: RunConfig, resume: bool) -> ResumePoint | No
         )
     point = ResumePoint(read_markers(out), read_manifest(out))
     m = point.manifest
-    if m is not None and m.get("config_hash") != config_hash(cfg):
+    if m is not None and m.get("config_hash") != data_hash(saved_data):  # as written, whatever version wrote it
         raise RunDirError(
             f"cannot resume {out}: its checkpoint was written by another config than its {CONFIG_FILE} "
             "(was config.yaml edited?)"
