@@ -268,3 +268,66 @@ def test_the_alternating_order_alternates_the_declared_modalities() -> None:
     # greedy on declared modalities: a stream with no differing neighbour keeps its order
     same = [t for t in make(train_size=4, test_size=2).tasks if t.meta["modalities"]["out"] == ["text"]]
     assert [t.name for t in alternate_modalities(same)] == [t.name for t in same]
+
+
+# ---------------------------------------------------------------- the shifted style (the generalist base's stream)
+
+
+@pytest.fixture(scope="module")
+def shifted() -> Benchmark:
+    return make(style="shifted")
+
+
+def test_shifted_style_keeps_questions_and_answers_and_shifts_the_input_pictures(bench: Benchmark, shifted: Benchmark) -> None:
+    """Same questions and answers as canonical, drawn from the same generators; only the input pictures
+    change (jittered objects, shaded backgrounds); image targets stay canonical; deterministic."""
+    for name in ORDER:
+        c, s = bench.task(name), shifted.task(name)
+        assert [x.question for x in c.test] == [x.question for x in s.test]
+        assert s.meta["style"] == "shifted" and all(x.meta["style"] == "shifted" for x in s.test)
+        for a, b in zip(c.test[:8], s.test[:8], strict=True):
+            if b.image is not None:
+                img = np.asarray(b.load_image())
+                assert not np.array_equal(np.asarray(a.load_image()), img)
+                assert img.tobytes() == np.asarray(make(style="shifted").task(name).test[c.test.index(a)].load_image()).tobytes()
+            if b.target_image is not None:  # the VQ's canonical world
+                assert b.load_target_image().tobytes() == a.load_target_image().tobytes()
+    # an object keeps its grid cell but not its canonical size; the background is no longer plain
+    s = shifted.task("classification").test[0]
+    arr = np.asarray(s.load_image()).astype(int)
+    obj = s.meta["objects"][0]
+    ys, xs = np.nonzero(np.all(arr == PALETTE[obj["colour"]], axis=-1))
+    canonical = np.asarray(draw_scene(Scene(obj["shape"], obj["colour"], obj["position"], s.meta["background"]))).astype(int)
+    assert len(xs) and not np.array_equal(arr, canonical)
+    bg = np.array(BACKGROUND_COLOURS[s.meta["background"]])
+    assert np.abs(arr[:8, :8] - bg).max() > 0  # a shaded corner
+
+
+def test_shifted_boxes_are_the_drawn_extent_and_objects_do_not_overlap(shifted: Benchmark) -> None:
+    sides = []
+    for s in shifted.task("grounding").test + shifted.task("grounding").train[:40]:
+        tgt = s.meta["target"]
+        arr = np.asarray(s.load_image())
+        ys, xs = np.nonzero(np.all(arr == PALETTE[tgt["colour"]], axis=-1))
+        drawn = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]) / 64
+        assert np.abs(np.array(s.meta["box"]) - drawn).max() <= 1 / 64 + 1e-9, s.id
+        sides.append(round(64 * max(drawn[2] - drawn[0], drawn[3] - drawn[1])))
+        other = next(o for o in s.meta["objects"] if o != tgt)
+        oy, ox = np.nonzero(np.all(arr == PALETTE[other["colour"]], axis=-1))
+        assert len(ox), f"{s.id}: the other object is hidden"
+    assert min(sides) < 16 < max(sides)  # sizes vary around the canonical 16 px
+
+
+def test_shifted_ocr_is_smaller(bench: Benchmark, shifted: Benchmark) -> None:
+    def width(s) -> int:  # noqa: ANN001
+        arr = np.asarray(s.load_image()).astype(int)
+        ink = np.abs(arr - np.array(BACKGROUND_COLOURS[s.meta["background"]])).sum(-1) > 150
+        return int(np.ptp(np.nonzero(ink)[1]))
+    pairs = list(zip(bench.task("ocr-vqa").test, shifted.task("ocr-vqa").test, strict=True))
+    assert all(a.answers == b.answers for a, b in pairs)
+    assert sum(width(b) < width(a) for a, b in pairs) >= 0.9 * len(pairs)
+
+
+def test_unknown_style_is_refused() -> None:
+    with pytest.raises(ConfigError, match="style"):
+        make(style="tilted")

@@ -256,6 +256,11 @@ def pretrain(
 @app.command("pretrain-janus")
 def pretrain_janus(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to save the tiny Janus.")],
+    recipe: Annotated[str, typer.Option(
+        help="base: the tiny-janus preset (captions and drawing, from scratch). generalist: the tiny-janus-generalist "
+             "preset (the base, instruction-tuned on generic samples of every Continual-NExT form; docs/continual-next.md).")] = "base",
+    base: Annotated[Path | None, typer.Option(
+        help="generalist: the tiny Janus to start from (default: the shipped tiny-janus preset).")] = None,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX)] = 0,
     vq_steps: Annotated[int | None, typer.Option(min=1, help="VQ tokenizer/decoder training steps (default: the recipe's).")] = None,
     lm_steps: Annotated[int | None, typer.Option(min=1, help="LM steps: text-to-image + modality decision + captioning each step (default: the recipe's).")] = None,
@@ -265,8 +270,17 @@ def pretrain_janus(
     """Build and pre-train the tiny dual-to-dual Janus base (the shipped one: src/mmcl/assets/tiny-janus, about 57 min on one CPU thread).
 
     Scores its generations with the image judge in src/mmcl/assets/image-judge when present.
+    ``--recipe generalist`` instruction-tunes a built base instead and writes its card.
     """
     from mmcl.pretrain.janus import JanusPretrainRecipe, pretrain_tiny_janus
+    from mmcl.pretrain.janus_generalist import JanusGeneralistRecipe, pretrain_janus_generalist
+
+    if recipe == "generalist":
+        card = pretrain_janus_generalist(output, JanusGeneralistRecipe(seed=seed), base=base, log=console.print)
+        out.print(json.dumps(card, indent=2, default=str))
+        return
+    if recipe != "base":
+        _fail(f"unknown recipe {recipe!r}; recipes: base, generalist")
 
     overrides = {k: v for k, v in {"vq_steps": vq_steps, "lm_steps": lm_steps}.items() if v is not None}
     results = pretrain_tiny_janus(output, JanusPretrainRecipe(seed=seed, **overrides), log=console.print,

@@ -58,9 +58,9 @@ def preset_dir(name: str) -> Path:
     )
 
 
-PRESETS = {"tiny-llava", "tiny-llava-generalist", "tiny-janus"}
+PRESETS = {"tiny-llava", "tiny-llava-generalist", "tiny-janus", "tiny-janus-generalist"}
 _BUILD_COMMAND = {"tiny-llava": "mmcl pretrain", "tiny-llava-generalist": "mmcl pretrain --recipe generalist",
-                  "tiny-janus": "mmcl pretrain-janus"}
+                  "tiny-janus": "mmcl pretrain-janus", "tiny-janus-generalist": "mmcl pretrain-janus --recipe generalist"}
 
 
 def resolve_dtype(name: str) -> torch.dtype:

@@ -87,6 +87,7 @@ nouns) and digits, at most four letters so that a word stays large on a 64 px im
 
 DARK_INKS: tuple[tuple[int, int, int], ...] = ((20, 20, 25), (25, 30, 90), (70, 25, 15))
 """OCR ink colours: near black, navy, dark brown."""
+OCR_SHIFT_SCALE = (0.6, 0.85)  # shifted OCR: the word's size as a fraction of the fitted size
 
 TEXT_MAX_NEW_TOKENS = 8
 BOX_MAX_NEW_TOKENS = 32  # a box string is up to 25 tokens with a character-level BPE
@@ -136,8 +137,14 @@ def _where(position: str) -> str:
 # ---------------------------------------------------------------- images
 
 
-def _draw_one(obj: Obj, background: str, image_size: int) -> Image.Image:
+Jitter = tuple[int, int, int]
+"""A shifted object's (side px, dx, dy) at the image's own size; () in a scene = canonical drawing."""
+
+
+def _draw_one(obj: Obj, background: str, image_size: int, jitter: Jitter | None = None) -> Image.Image:
     scene = tj.Scene(shape=obj[0], colour=obj[1], position=obj[2], background=background)
+    if jitter is not None:
+        return tj.draw_scene(scene, jitter[0], (jitter[1], jitter[2]), image_size=image_size)
     if image_size == tj.IMAGE_SIZE:
         return tj.draw_scene(scene)
     return tj.draw_scene(scene, image_size=image_size)
@@ -149,20 +156,46 @@ def _object_mask(layer: Image.Image, background: str) -> np.ndarray:
     return np.any(np.asarray(layer, dtype=np.int16) != bg, axis=-1)
 
 
-def render_scene(objects: tuple[Obj, ...], background: str, image_size: int) -> Image.Image:
-    """Objects drawn in order (later ones on top) on ``background``; one object = ``draw_scene``."""
-    img = _draw_one(objects[0], background, image_size)
-    for obj in objects[1:]:
-        layer = _draw_one(obj, background, image_size)
-        mask = Image.fromarray(_object_mask(layer, background).astype(np.uint8) * 255, mode="L")
-        img.paste(layer, (0, 0), mask)
-    return img
+TEXTURE_AMPLITUDE = 28  # luminance swing of a shifted background's soft shading (0-255 scale)
+TEXTURE_GRAIN = 6  # standard deviation of its per-pixel grain
+
+
+def background_texture(seed: int, image_size: int) -> np.ndarray:
+    """H x W luminance offsets of a shifted background: soft shading (a 5 x 5 field, smoothly upscaled) plus grain."""
+    rng = np.random.default_rng([seed, 29])
+    coarse = rng.uniform(-1.0, 1.0, (5, 5)).astype(np.float32)
+    field = np.asarray(Image.fromarray(coarse, mode="F").resize((image_size, image_size), Image.BICUBIC))
+    return TEXTURE_AMPLITUDE * field + rng.normal(0.0, TEXTURE_GRAIN, (image_size, image_size))
+
+
+def _textured(img: Image.Image, covered: np.ndarray, seed: int) -> Image.Image:
+    """``img`` with :func:`background_texture` added to the pixels no object covers."""
+    px = np.asarray(img, dtype=np.float32)
+    offset = background_texture(seed, img.width)[..., None] * ~covered[..., None]
+    return Image.fromarray(np.clip(px + offset, 0, 255).round().astype(np.uint8))
+
+
+def render_scene(objects: tuple[Obj, ...], background: str, image_size: int,
+                 jitter: tuple[Jitter, ...] = (), texture: int | None = None) -> Image.Image:
+    """Objects drawn in order (later ones on top) on ``background``; one object = ``draw_scene``.
+
+    Shifted scenes (``style: shifted``): ``jitter`` gives each object its own side and offset, and
+    ``texture`` (a seed) shades and grains the background pixels (:func:`background_texture`)."""
+    jit = jitter or (None,) * len(objects)
+    img = _draw_one(objects[0], background, image_size, jit[0])
+    covered = _object_mask(img, background)
+    for obj, j in zip(objects[1:], jit[1:], strict=True):
+        layer = _draw_one(obj, background, image_size, j)
+        m = _object_mask(layer, background)
+        img.paste(layer, (0, 0), Image.fromarray(m.astype(np.uint8) * 255, mode="L"))
+        covered |= m
+    return img if texture is None else _textured(img, covered, texture)
 
 
 @functools.lru_cache(maxsize=4096)
-def object_pixel_box(obj: Obj, background: str, image_size: int) -> tuple[int, int, int, int]:
+def object_pixel_box(obj: Obj, background: str, image_size: int, jitter: Jitter | None = None) -> tuple[int, int, int, int]:
     """Tight pixel box ``(x1, y1, x2, y2)`` (right/bottom exclusive) of what ``draw_scene`` draws for ``obj``."""
-    mask = _object_mask(_draw_one(obj, background, image_size), background)
+    mask = _object_mask(_draw_one(obj, background, image_size, jitter), background)
     ys, xs = np.nonzero(mask)
     if not len(xs):  # pragma: no cover - every glyph draws pixels
         raise RuntimeError(f"draw_scene drew nothing for {obj} on {background}")
@@ -176,9 +209,11 @@ class SceneImage:
     objects: tuple[Obj, ...]
     background: str
     image_size: int
+    jitter: tuple[Jitter, ...] = ()  # per object, shifted scenes only
+    texture: int | None = None  # background texture seed, shifted scenes only
 
     def __call__(self) -> Image.Image:
-        return render_scene(self.objects, self.background, self.image_size)
+        return render_scene(self.objects, self.background, self.image_size, self.jitter, self.texture)
 
 
 @functools.lru_cache(maxsize=64)
@@ -222,13 +257,22 @@ class WordImage:
     ink: tuple[int, int, int]
     offset: tuple[int, int]
     image_size: int
+    scale: float = 1.0  # shifted scenes: the word written smaller (fraction of the fitted size)
+    texture: int | None = None  # shifted scenes: background texture seed
 
     def __call__(self) -> Image.Image:
         img = Image.new("RGB", (self.image_size, self.image_size), tj.BACKGROUND_COLOURS[self.background])
         layer, mask = _render_text(self.word, self.ink, self.image_size)
+        if self.scale != 1.0:
+            w, h = max(1, round(layer.width * self.scale)), max(1, round(layer.height * self.scale))
+            layer, mask = layer.resize((w, h), Image.BILINEAR), mask.resize((w, h), Image.BILINEAR)
         x = (self.image_size - layer.width) // 2 + self.offset[0]
         y = (self.image_size - layer.height) // 2 + self.offset[1]
         img.paste(layer, (x, y), mask)
+        if self.texture is not None:
+            full = Image.new("L", img.size, 0)
+            full.paste(mask, (x, y))
+            img = _textured(img, np.asarray(full) > 0, self.texture)
         return img
 
 
@@ -246,7 +290,41 @@ class Drawn:
     meta: dict[str, Any]
 
 
-Maker = Callable[[np.random.Generator, Any, int], Drawn]  # (rng, balanced value, image size) -> Drawn
+Maker = Callable[[np.random.Generator, Any, int, bool], Drawn]  # (rng, balanced value, image size, shifted) -> Drawn
+
+SHIFT_SIDES = (12, 19)  # a shifted object's side in px at 64 px (inclusive range; canonical: 16)
+SHIFT_OFFSET = 3  # a shifted object's offset from its grid point, px at 64 px (+-)
+
+
+def _look(rng: np.random.Generator, n: int, size: int, shifted: bool,
+          objects: tuple[Obj, ...] = ()) -> tuple[tuple[Jitter, ...], int | None]:
+    """(per-object jitter, background texture seed) of a scene: ((), None) = canonical, no draw from ``rng``.
+
+    Shifted: every object gets its own side (``SHIFT_SIDES``) and offset (``SHIFT_OFFSET``), scaled to
+    ``size``; a jitter whose drawn boxes overlap is drawn again (after 20 tries the sides shrink to 12)."""
+    if not shifted:
+        return (), None
+    k = size / tj.IMAGE_SIZE
+    for attempt in range(21):
+        hi = SHIFT_SIDES[1] if attempt < 20 else SHIFT_SIDES[0]
+        jit = tuple((round(int(rng.integers(SHIFT_SIDES[0], hi + 1)) * k),
+                     round(int(rng.integers(-SHIFT_OFFSET, SHIFT_OFFSET + 1)) * k),
+                     round(int(rng.integers(-SHIFT_OFFSET, SHIFT_OFFSET + 1)) * k)) for _ in range(n))
+        if len(objects) < 2 or not _overlap([_square(o, j, size) for o, j in zip(objects, jit, strict=True)]):
+            break
+    return jit, int(rng.integers(2**31))
+
+
+def _square(obj: Obj, jitter: Jitter, size: int) -> tuple[float, float, float, float]:
+    """The square a jittered object is drawn in (``draw_scene``'s geometry; a bar is thinner, never wider)."""
+    col, row = tj.POSITIONS[tj.POSITION_NAMES.index(obj[2])]
+    cx, cy = (col + 1) * size / 4 + jitter[1], (row + 1) * size / 4 + jitter[2]
+    return (cx - jitter[0] / 2, cy - jitter[0] / 2, cx + jitter[0] / 2, cy + jitter[0] / 2)
+
+
+def _overlap(boxes: list[tuple[float, float, float, float]]) -> bool:
+    return any(a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+               for i, a in enumerate(boxes) for b in boxes[i + 1:])
 
 
 @dataclass(frozen=True)
@@ -285,32 +363,34 @@ def _pair(rng: np.random.Generator, target: Obj) -> Obj:
     )
 
 
-def _two_objects(rng: np.random.Generator, target: Obj, size: int, target_last: bool) -> tuple[SceneImage, tuple[Obj, ...], str]:
+def _two_objects(rng: np.random.Generator, target: Obj, size: int, target_last: bool,
+                 shifted: bool) -> tuple[SceneImage, tuple[Obj, ...], str]:
     other = _pair(rng, target)
     bg = _pick(rng, _attr("background"))
     objects = (other, target) if target_last or rng.integers(2) else (target, other)
-    return SceneImage(objects, bg, size), objects, bg
+    return SceneImage(objects, bg, size, *_look(rng, 2, size, shifted, objects)), objects, bg
 
 
-def _vqa_colour(rng: np.random.Generator, colour: str, size: int) -> Drawn:
+def _vqa_colour(rng: np.random.Generator, colour: str, size: int, shifted: bool = False) -> Drawn:
     target = (_pick(rng, _attr("shape")), colour, _pick(rng, _attr("position")))
-    image, objects, bg = _two_objects(rng, target, size, target_last=False)
+    image, objects, bg = _two_objects(rng, target, size, target_last=False, shifted=shifted)
     meta = {"objects": [_obj_dict(o) for o in objects], "background": bg, "present": _present(objects, bg)}
     return Drawn(f"What colour is the {target[0]}?", colour, image, None, meta)
 
 
-def _vqa_shape(rng: np.random.Generator, shape: str, size: int) -> Drawn:
+def _vqa_shape(rng: np.random.Generator, shape: str, size: int, shifted: bool = False) -> Drawn:
     target = (shape, _pick(rng, _attr("colour")), _pick(rng, _attr("position")))
-    image, objects, bg = _two_objects(rng, target, size, target_last=False)
+    image, objects, bg = _two_objects(rng, target, size, target_last=False, shifted=shifted)
     meta = {"objects": [_obj_dict(o) for o in objects], "background": bg, "present": _present(objects, bg)}
     return Drawn(f"What shape is {target[2]}?", shape, image, None, meta)
 
 
-def _classification(rng: np.random.Generator, shape: str, size: int) -> Drawn:
+def _classification(rng: np.random.Generator, shape: str, size: int, shifted: bool = False) -> Drawn:
     obj = (shape, _pick(rng, _attr("colour")), _pick(rng, _attr("position")))
     bg = _pick(rng, _attr("background"))
     meta = {"objects": [_obj_dict(obj)], "background": bg, "present": _present((obj,), bg)}
-    return Drawn("What object is in the image?", shape, SceneImage((obj,), bg, size), None, meta)
+    image = SceneImage((obj,), bg, size, *_look(rng, 1, size, shifted))
+    return Drawn("What object is in the image?", shape, image, None, meta)
 
 
 def _scene_attrs(obj: Obj, background: str) -> dict[str, str]:
@@ -322,7 +402,8 @@ def _caption(obj: Obj, background: str) -> str:
     return str(tj.Scene(shape=obj[0], colour=obj[1], position=obj[2], background=background).caption())
 
 
-def _t2i(rng: np.random.Generator, _: Any, size: int) -> Drawn:
+def _t2i(rng: np.random.Generator, _: Any, size: int, shifted: bool = False) -> Drawn:
+    """Shifted or not, the target is the canonical drawing (what the VQ and the base's generations know)."""
     obj = (_pick(rng, _attr("shape")), _pick(rng, _attr("colour")), _pick(rng, _attr("position")))
     bg = _pick(rng, _attr("background"))
     caption = _caption(obj, bg)
@@ -330,7 +411,7 @@ def _t2i(rng: np.random.Generator, _: Any, size: int) -> Drawn:
     return Drawn(f"Generate an image: {caption}", caption, None, SceneImage((obj,), bg, size), meta)
 
 
-def _ocr(rng: np.random.Generator, word: str, size: int) -> Drawn:
+def _ocr(rng: np.random.Generator, word: str, size: int, shifted: bool = False) -> Drawn:
     bg = _pick(rng, _light_backgrounds())
     ink = DARK_INKS[int(rng.integers(len(DARK_INKS)))]
     shift = max(1, size // 20)
@@ -340,13 +421,25 @@ def _ocr(rng: np.random.Generator, word: str, size: int) -> Drawn:
         "ink": list(ink),
         "present": {"shapes": [], "colours": [], "backgrounds": [bg], "words": [word]},
     }
-    return Drawn("What is written in the image?", word, WordImage(word, bg, ink, offset, size), None, meta)
+    if shifted:  # smaller, further off centre, on a shaded background
+        scale = float(rng.uniform(*OCR_SHIFT_SCALE))
+        far = max(1, size // 10)
+        offset = (int(rng.integers(-far, far + 1)), int(rng.integers(-far, far + 1)))
+        image = WordImage(word, bg, ink, offset, size, round(scale, 3), int(rng.integers(2**31)))
+    else:
+        image = WordImage(word, bg, ink, offset, size)
+    return Drawn("What is written in the image?", word, image, None, meta)
 
 
-def _grounding(rng: np.random.Generator, position: str, size: int) -> Drawn:
+def ocr_qtype(words: tuple[str, ...]) -> QType:
+    """An OCR-VQA question type writing ``words`` (the generalist pre-training reads its own word list)."""
+    return QType("word", lambda: words, _ocr)
+
+
+def _grounding(rng: np.random.Generator, position: str, size: int, shifted: bool = False) -> Drawn:
     target = (_pick(rng, _attr("shape")), _pick(rng, _attr("colour")), position)
-    image, objects, bg = _two_objects(rng, target, size, target_last=True)  # on top: fully visible
-    px = object_pixel_box(target, bg, size)
+    image, objects, bg = _two_objects(rng, target, size, target_last=True, shifted=shifted)  # on top: fully visible
+    px = object_pixel_box(target, bg, size, image.jitter[-1] if image.jitter else None)
     box = [v / size for v in px]
     meta = {
         "objects": [_obj_dict(o) for o in objects],
@@ -363,7 +456,7 @@ _EDIT_INDEX = {"shape": 0, "colour": 1, "position": 2}
 
 
 def _edit(attribute: str) -> Maker:
-    def make(rng: np.random.Generator, value: str, size: int) -> Drawn:
+    def make(rng: np.random.Generator, value: str, size: int, shifted: bool = False) -> Drawn:
         src = (_pick(rng, _attr("shape")), _pick(rng, _attr("colour")), _pick(rng, _attr("position")))
         bg = _pick(rng, _attr("background"))
         if attribute == "background":
@@ -385,7 +478,8 @@ def _edit(attribute: str) -> Maker:
             "source_attributes": _scene_attrs(src, bg),
             "present": _present((new,), new_bg),
         }
-        return Drawn(question, _caption(new, new_bg), SceneImage((src,), bg, size), SceneImage((new,), new_bg, size), meta)
+        source = SceneImage((src,), bg, size, *_look(rng, 1, size, shifted))  # the target stays canonical
+        return Drawn(question, _caption(new, new_bg), source, SceneImage((new,), new_bg, size), meta)
 
     return make
 
@@ -490,6 +584,7 @@ def _freeze(v: Any) -> Any:
 
 
 _SPLIT_CODE = {"train": 1, "test": 2}
+STYLES: tuple[str, ...] = ("canonical", "shifted")
 _BLOCK_TAG = 5
 _FRESH_TRIES = 50  # redraws to avoid repeating a sample of the same split (repeats allowed after)
 _MAX_TRIES = 1000  # redraws to avoid a test sample in training (never allowed)
@@ -501,9 +596,10 @@ def _signature(d: Drawn) -> tuple[object, ...]:
 
 
 def _make_split(
-    spec: TaskSpec, split: str, n: int, seed: int, image_size: int, forbidden: set[tuple[object, ...]]
+    spec: TaskSpec, split: str, n: int, seed: int, image_size: int, forbidden: set[tuple[object, ...]],
+    shifted: bool = False, namespace: str = NAME,
 ) -> tuple[list[Sample], set[tuple[object, ...]]]:
-    base = [seed % 2**64, _key(f"{NAME}/{spec.name}"), _SPLIT_CODE[split]]
+    base = [seed % 2**64, _key(f"{namespace}/{spec.name}"), _SPLIT_CODE[split]]
     values = [q.values() for q in spec.qtypes]
     nq = len(spec.qtypes)
     seen: set[tuple[object, ...]] = set()
@@ -518,14 +614,14 @@ def _make_split(
             value = vals[int(perm[k % m])]
         rng = np.random.default_rng([*base, i])
         for attempt in range(_MAX_TRIES):
-            drawn = qtype.make(rng, value, image_size)
+            drawn = qtype.make(rng, value, image_size, shifted)
             sig = _signature(drawn)
             if sig not in forbidden and (sig not in seen or attempt >= _FRESH_TRIES):
                 break
         else:
             raise RuntimeError(f"{NAME} {spec.name}.{qtype.name}: every scene for {value!r} is a test scene")
         seen.add(sig)
-        meta = {"qtype": qtype.name, "split": split, **drawn.meta}
+        meta = {"qtype": qtype.name, "split": split, "style": "shifted" if shifted else "canonical", **drawn.meta}
         if value is not None:
             meta["balanced"] = value
         out.append(
@@ -543,14 +639,23 @@ def _make_split(
     return out, seen
 
 
-def make_task(name: str, seed: int = 0, train_size: int = 200, test_size: int = 24, image_size: int | None = None) -> Task:
-    """Build one task; its data depends only on (seed, name, sizes)."""
+def make_task(name: str, seed: int = 0, train_size: int = 200, test_size: int = 24, image_size: int | None = None,
+              style: str = "canonical", namespace: str = NAME, spec: TaskSpec | None = None) -> Task:
+    """Build one task; its data depends only on (seed, name, sizes, style, namespace).
+
+    ``style``: ``canonical`` draws the base's own world; ``shifted`` jitters every input object's size
+    and place and shades the background (image targets stay canonical). ``namespace`` and ``spec``
+    let the generalist pre-training draw its own generic samples of a task's forms
+    (:mod:`mmcl.pretrain.janus_generalist`) from generators the stream never uses."""
     if name not in SPECS:
         raise ValueError(f"unknown {NAME} task {name!r}; tasks: {', '.join(TASK_NAMES)}")
-    spec = SPECS[name]
+    if style not in STYLES:
+        raise ValueError(f"unknown {NAME} style {style!r}; styles: {', '.join(STYLES)}")
+    spec = spec or SPECS[name]
     size = _default_image_size() if image_size is None else image_size
-    test, test_sigs = _make_split(spec, "test", test_size, seed, size, set())
-    train, _ = _make_split(spec, "train", train_size, seed, size, test_sigs)
+    shifted = style == "shifted"
+    test, test_sigs = _make_split(spec, "test", test_size, seed, size, set(), shifted, namespace)
+    train, _ = _make_split(spec, "train", train_size, seed, size, test_sigs, shifted, namespace)
     inputs = ["text"] if name == "t2i" else ["text", "image"]
     expect: dict[str, Any] = {"modality": spec.out, "format": spec.format, "vocabulary": _vocab(*spec.vocabulary)}
     if spec.format == "short":
@@ -572,6 +677,7 @@ def make_task(name: str, seed: int = 0, train_size: int = 200, test_size: int = 
             "warm_start": name == "vqa",
             "qtypes": [q.name for q in spec.qtypes],
             "image_size": size,
+            "style": style,
         },
     )
 
@@ -610,6 +716,13 @@ class Options(BaseModel):
     image_size: int = Field(default_factory=_default_image_size, ge=32, description="image side in pixels; a multiple of 16")
     train_size: int = Field(200, ge=0, description="training samples per task")
     test_size: int = Field(24, ge=1, description="test samples per task")
+    style: Literal["canonical", "shifted"] = Field(
+        "canonical",
+        description="'canonical': the tiny Janus' own world (16 px objects on grid points, plain backgrounds); "
+        "'shifted': every input object's size (12-19 px) and place (+-3 px) jittered, backgrounds shaded and "
+        "grained, OCR words smaller and off centre (image targets stay canonical): the stream of the generalist "
+        "base (docs/continual-next.md)",
+    )
     modality_order: Literal["default", "alternating"] = Field(
         "default",
         description="'default': the paper's order; 'alternating': each next task, in the default order, is the "
@@ -629,7 +742,7 @@ def build(cfg: BenchmarkConfig) -> Benchmark:
     """The ``continual-next-synth`` stream (vqa, classification, t2i, ocr-vqa, grounding, editing)."""
     opts = parse_options(Options, cfg.options(), NAME)
     seed = cfg.seed if cfg.seed is not None else 0
-    tasks = [make_task(n, seed, opts.train_size, opts.test_size, opts.image_size) for n in TASK_NAMES]
+    tasks = [make_task(n, seed, opts.train_size, opts.test_size, opts.image_size, opts.style) for n in TASK_NAMES]
     if opts.modality_order == "alternating":
         if cfg.order is not None:
             raise ConfigError("benchmark.modality_order=alternating sets the task order: leave benchmark.order unset "
