@@ -35,7 +35,7 @@ def run(model_dir: Path, out: Path, *extra: str) -> dict:
 
 
 @pytest.mark.slow  # ~7 s each: Janus runs on the stream
-@pytest.mark.parametrize("method", ["lora-ft", "mage"])
+@pytest.mark.parametrize("method", ["lora-ft", "mage", "lwf"])
 def test_a_run_on_the_stream_records_images_error_classes_and_the_summary(
     janus_dir: Path, tmp_path: Path, method: str
 ) -> None:
@@ -76,8 +76,8 @@ def test_a_stream_with_image_answers_refuses_a_model_without_an_image_head(tiny_
 
 
 def test_a_method_without_image_answers_is_refused_before_anything_runs(janus_dir: Path, tmp_path: Path) -> None:
-    cfg = load_config([CONFIG], overrides=overrides(janus_dir, "method.name=lwf"))
-    with pytest.raises(ValueError, match="'lwf' does not support tasks answered with images .*methods that do: .*mage"):
+    cfg = load_config([CONFIG], overrides=overrides(janus_dir, "method.name=quad"))
+    with pytest.raises(ValueError, match="'quad' does not support tasks answered with images .*methods that do: .*mage"):
         Runner(cfg, output_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
 

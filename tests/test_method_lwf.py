@@ -193,3 +193,41 @@ def test_supports_and_shipped_config() -> None:
     cfg = load_config([ROOT / "configs" / "lwf.yaml"])
     assert cfg.method.name == "lwf" and cfg.name == "lwf"
     assert METHODS.get("lwf").parse_options(cfg.method.options()) == LwFOptions()
+
+
+def test_on_a_dual_to_dual_stream_both_heads_are_distilled(tiny_janus_dir: Path) -> None:
+    """Janus batches with image answers: zero at the copy; after the student moves, the LM head's and
+    the generation head's KL both count, rows blanked for guidance are left out, and the gradient
+    reaches the student only."""
+    from mmcl.benchmarks.builtin import build_benchmark
+    from mmcl.methods import build_method
+    from mmcl.models.loader import load_model
+    from mmcl.runner import run_context, seed_everything
+
+    cfg = load_config([ROOT / "configs" / "continual-next-quick.yaml"],
+                      overrides=[f"model.path={tiny_janus_dir}", "model.preset=null", "method.name=lwf",
+                                 "benchmark.train_size=6", "benchmark.test_size=2"])
+    m = build_method(run_context(cfg, load_model(cfg.model), build_benchmark(cfg)))
+    seed_everything(0)
+    m.setup(m.ctx.model)
+    tasks = {t.name: t for t in m.ctx.benchmark.tasks}
+    m.before_task(1, tasks["classification"])
+    batch = m.ctx.collate(m.ctx.encode(tasks["t2i"].train[:3] + tasks["vqa"].train[:3], with_answer=True))
+    assert "image_targets" in batch
+    m.model.train()
+    out = m.ctx.forward(m.model, batch)
+    assert float(m.extra_loss(batch, out, 1)) == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        for p in m.teacher.student_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    out = m.ctx.forward(m.model, batch)
+    text, image = m.teacher.dual_distillation_terms(batch, out, 2.0)
+    assert float(text) > 0 and float(image) > 0
+    full = m.extra_loss(batch, out, 1)
+    assert float(full) == pytest.approx(float(text + image))
+    out.blanked_rows = out.image_rows  # as if every image prompt had been blanked: those rows are left out
+    text_b, image_b = m.teacher.dual_distillation_terms(batch, out, 2.0)
+    assert float(image_b) == 0.0 and float(text_b) > 0
+    full.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.teacher.student_parameters())
+    assert all(p.grad is None for p in m.teacher.parameters())

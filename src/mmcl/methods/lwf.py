@@ -14,6 +14,12 @@ pass of the same model with the ``teacher`` adapter active, under ``torch.no_gra
 in ``eval()`` (no dropout), on the very batch the student just saw: the new task's
 inputs, as in the original LwF, which has no access to old data.
 
+On a dual-to-dual model (Janus) a batch with image answers is distilled at both heads:
+the LM head at the text label positions and the generation head at the image-code
+positions, each a mean over its own positions (as the loop's dual loss); the teacher runs
+the loop's forward (``ctx.forward``), and rows whose prompt the student saw blanked for
+classifier-free guidance are left out of both terms.
+
 peft details: ``set_adapter`` also sets ``requires_grad`` (True on the adapter it
 activates, False on every other one; all False with ``inference_mode=True``). The teacher
 forward therefore records ``requires_grad`` of every parameter, switches to the teacher,
@@ -116,24 +122,48 @@ class TeacherAdapter:
         return [p for _, p in adapter_parameters(self.model, STUDENT)]
 
     @torch.no_grad()
-    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits of the teacher adapter on ``batch`` (no labels, no dropout, no graph)."""
+    def _as_teacher(self, run: Callable[[], Any]) -> Any:
+        """``run()`` with the teacher adapter active (no dropout, no graph); every flag restored after."""
         model = self.model
         with self.around() if self.around is not None else contextlib.nullcontext():
             grads = {p: p.requires_grad for p in model.parameters()}
             modes = {m: m.training for m in model.modules()}
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
             try:
                 model.set_adapter(TEACHER)
                 model.eval()
-                logits = model(**inputs).logits
+                return run()
             finally:
                 model.set_adapter(STUDENT)
                 for m, training in modes.items():
                     m.training = training
                 for p, rg in grads.items():
                     p.requires_grad = rg
-        return logits
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the teacher adapter on ``batch`` (no labels, no dropout, no graph)."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self._as_teacher(lambda: self.model(**inputs).logits)
+
+    def dual_distillation_terms(self, batch: dict[str, torch.Tensor], student: Any,
+                                temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(text, image) distillation terms on a batch with image answers (dual-to-dual models): the LM
+        head's KL at the text label positions and the generation head's KL at the image positions, each
+        a mean over its own positions (as the loop's dual loss). The teacher runs the loop's forward
+        (``ctx.forward``); rows whose prompt the student saw blanked (classifier-free guidance dropout)
+        are left out, since the teacher saw them whole."""
+        teacher = self._as_teacher(lambda: self.ctx.forward(self.model, batch))
+        keep = torch.ones(batch["labels"].shape[0], dtype=torch.bool, device=batch["labels"].device)
+        if getattr(student, "blanked_rows", None) is not None:
+            keep[student.blanked_rows] = False
+        mask = (batch["labels"][:, 1:] != IGNORE_INDEX) & keep[:, None]
+        text = image = student.logits.sum() * 0.0
+        if mask.any():
+            text = _kl(student.logits[:, :-1][mask], teacher.logits[:, :-1][mask], temperature)
+        rows = keep[student.image_rows] if student.image_rows is not None else keep[:0]
+        if rows.any():
+            s_img, t_img = student.image_logits[rows], teacher.image_logits[rows]
+            image = _kl(s_img.reshape(-1, s_img.shape[-1]), t_img.reshape(-1, t_img.shape[-1]), temperature)
+        return text, image
 
     def distillation_loss(
         self, batch: dict[str, torch.Tensor], student_logits: torch.Tensor, temperature: float
@@ -149,14 +179,16 @@ class TeacherAdapter:
         mask = labels[:, 1:] != IGNORE_INDEX  # logits at i predict token i + 1
         if not mask.any():
             return student_logits.sum() * 0.0
-        T = temperature
-        s = student_logits[:, :-1][mask].float() / T
-        t = teacher[:, :-1][mask].float() / T
-        kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
-        return kl * T * T
+        return _kl(student_logits[:, :-1][mask], teacher[:, :-1][mask], temperature)
 
     def held_bytes(self) -> int:
         return sum(v.numel() * v.element_size() for v in self.parameters())
+
+
+def _kl(student: torch.Tensor, teacher: torch.Tensor, T: float) -> torch.Tensor:
+    """``T² * KL(softmax(teacher / T) || softmax(student / T))``, mean over the rows (positions)."""
+    s, t = student.float() / T, teacher.float() / T
+    return F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean") * T * T
 
 
 @METHODS.register("lwf")
@@ -164,7 +196,6 @@ class LwF(LoraFT):
     """One LoRA adapter, distilled towards a frozen copy of itself from the start of each stage."""
 
     name = "lwf"
-    image_answers = False  # its distillation reads text logits of model(**batch)
     Options = LwFOptions
     supports = frozenset({"ddp"})
     options: LwFOptions
@@ -185,6 +216,9 @@ class LwF(LoraFT):
     def extra_loss(self, batch: dict[str, torch.Tensor], outputs: Any, stage: int) -> torch.Tensor | None:
         if stage == 0 or not self.teacher.ready:
             return None
+        if "image_targets" in batch:  # a dual-to-dual batch: text and image answers
+            text, image = self.teacher.dual_distillation_terms(batch, outputs, self.options.temperature)
+            return self.options.weight * (text + image)
         return self.options.weight * self.teacher.distillation_loss(batch, outputs.logits, self.options.temperature)
 
     def cost(self) -> dict[str, Any]:

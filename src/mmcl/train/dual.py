@@ -43,6 +43,8 @@ class DualOutput:
     text_loss: torch.Tensor
     image_loss: torch.Tensor
     image_logits: torch.Tensor  # generation-head logits at the image positions [n_image_samples, N, codebook]
+    image_rows: torch.Tensor | None = None  # the batch rows of image_logits
+    blanked_rows: torch.Tensor | None = None  # the rows whose prompt was blanked (``uncond_prob``)
 
 
 def forward_batch(model: Any, batch: dict[str, torch.Tensor], uncond_prob: float = 0.0) -> Any:
@@ -79,6 +81,7 @@ def dual_forward(model: Any, batch: dict[str, torch.Tensor], image_loss_weight: 
     embeds = merged_input_embeddings(model, ids, batch.get("pixel_values"))
     rows = (starts >= 0).nonzero().flatten()
     n = targets.shape[1]
+    drop = rows[:0]
     if len(rows) and uncond_prob > 0:
         drop = rows[torch.rand(len(rows)) < uncond_prob]
         if len(drop):
@@ -108,4 +111,5 @@ def dual_forward(model: Any, batch: dict[str, torch.Tensor], image_loss_weight: 
     else:
         image_logits = hidden.new_zeros((0, n, 1))
         image_loss = hidden.sum() * 0.0
-    return DualOutput(text_loss + image_loss_weight * image_loss, logits, text_loss, image_loss, image_logits)
+    return DualOutput(text_loss + image_loss_weight * image_loss, logits, text_loss, image_loss, image_logits,
+                      image_rows=rows, blanked_rows=drop)
