@@ -224,6 +224,9 @@ def pretrain(
         help="generalist: the caption-stage model to start from (default: the shipped tiny-llava preset; "
              "built first when missing).")] = None,
     instruct_samples: Annotated[int | None, typer.Option(min=1, help="generalist: instruction samples (default: the recipe's).")] = None,
+    instruct_epochs: Annotated[float | None, typer.Option(
+        callback=lambda v: v if v is None else _positive_finite(v),
+        help="generalist: epochs of the instruction stage (default: the recipe's).")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="torch CPU threads (default: torch's).")] = None,
 ) -> None:
     """Build and pre-train the tiny LLaVA base (``--recipe caption``) or the generalist one (``--recipe generalist``)."""
@@ -240,6 +243,8 @@ def pretrain(
         r = GeneralistRecipe(seed=seed, max_steps=max_steps)
         if instruct_samples is not None:
             r.n_instruct = instruct_samples
+        if instruct_epochs is not None:
+            r.epochs = instruct_epochs
         pretrain_generalist(target, r, caption_base=caption_base, console=console)
         out.print(str(target))
         return

@@ -6,15 +6,17 @@ Recipe (deterministic from ``seed``):
    shipped ``tiny-llava`` preset, so by default that directory is loaded instead of rebuilt
    (``caption_base``); when it is missing the caption stage runs first;
 2. vision warm-up on the instruction pictures: the tower alone, with a throw-away linear head,
-   tells for every patch the colour and the category of the object covering it (21 classes:
-   the streams' 16 categories and 5 generic shapes, all drawn canonically);
+   tells for every patch the colour and the class of the object covering it (22 classes:
+   the streams' 16 categories, 5 generic shapes and written text, all drawn canonically);
 3. visual instruction tuning of ALL weights on the generic mix of
-   :mod:`mmcl.pretrain.instruct` (the streams' five question forms about large objects on
-   plain backgrounds) plus a share of the caption and "Say <word>." samples, so that the base
-   still captions and writes the answer words;
+   :mod:`mmcl.pretrain.instruct` (msvqa-synth's five question forms and the MLLM-CL stand-ins'
+   answer forms, about large objects and text on plain or smooth generic backgrounds; types
+   weighted by ``qtype_weights``) plus a share of the caption and "Say <word>." samples, so that
+   the base still captions and writes the answer words;
 4. the card: held-out generic scores per question type, and zero-shot on the built-in streams
    (``msvqa-synth``, 20 steps, per task, scenario and type; ``mllm-dcl-synth`` and
-   ``mllm-acl-synth`` per task), written to ``pretrain.json`` next to the weights.
+   ``mllm-acl-synth`` per task and per task and question type), written to ``pretrain.json``.
+   See docs/generalist-base.md.
 
 No stream picture is ever shown in steps 1-3; the streams' test sets are only read in step 4.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +40,6 @@ from mmcl.benchmarks.msvqa.synth import (
     GROUNDING_SCORERS,
     QA_MAX_NEW_TOKENS,
     QA_SCORERS,
-    QTYPES,
     answer_vocabulary,
 )
 from mmcl.config import BenchmarkConfig, ModelConfig, RunConfig, TrainConfig
@@ -47,7 +49,16 @@ from mmcl.eval.generate import generate_answers
 from mmcl.methods.base import RunContext
 from mmcl.models.loader import ASSETS_DIR, FAMILIES, ModelBundle, load_model
 from mmcl.pretrain.data import caption_samples, say_samples
-from mmcl.pretrain.instruct import ALL_CATEGORIES, INSTRUCT_TASK, instruct_samples
+from mmcl.pretrain.instruct import (
+    ALL_CATEGORIES,
+    BOX_QTYPES,
+    DEFAULT_WEIGHTS,
+    INSTRUCT_QTYPES,
+    INSTRUCT_TASK,
+    PHRASE_QTYPES,
+    TEXT_SHAPE,
+    instruct_samples,
+)
 from mmcl.pretrain.llava import FullFinetune, pretrain, pretrain_vision
 from mmcl.train.encode import Encoder
 from mmcl.train.loop import train_on
@@ -60,14 +71,16 @@ class GeneralistRecipe:
     """The instruction stage's settings (the caption stage keeps the ``caption`` recipe's)."""
 
     seed: int = 0
-    n_instruct: int = 24000  # instruction samples, the five question types in turn
-    n_captions: int = 2000  # caption samples kept in the mix
-    n_say: int = 1000  # "Say <word>." samples kept in the mix
+    n_instruct: int = 63000  # instruction samples, types in mmcl.pretrain.instruct.qtype_pattern(qtype_weights) order
+    n_captions: int = 3000  # caption samples kept in the mix
+    n_say: int = 1500  # "Say <word>." samples kept in the mix
     epochs: float = 1.0
     batch_size: int = 32
     lr: float = 5e-4
     vision_steps: int = 300
-    n_held_out: int = 500  # held-out generic instruction samples for the card (100 per type)
+    n_held_out: int = 1500  # held-out generic instruction samples for the card (the types in turn: 100 each)
+    qtype_weights: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))  # samples per round
+    textured: float = 0.4  # share of pictures on a gradient or soft-noise background instead of a plain one
     max_steps: int | None = None
     card_test_per_task: int = 50
     card_streams: tuple[str, ...] = field(default_factory=lambda: CARD_STREAMS)
@@ -78,28 +91,39 @@ def _where(path: Path) -> str:
     return f"preset:{path.name}" if path.resolve().parent == ASSETS_DIR.resolve() else str(path)
 
 
+PHRASE_MAX_NEW_TOKENS = 12  # "a blue storage-tank" is 7 tokens of the tiny tokenizer
+
+
 def evaluate_tasks(bundle: ModelBundle, tasks: list[Task], batch_size: int = 64) -> dict[str, dict[str, Any]]:
-    """Greedy answers on every task's test set; {task: {scorer: mean}} (primary scorer first)."""
+    """Greedy answers on every task's test set; {task: {scorer: mean}} (primary scorer first).
+
+    ``per_qtype`` (x100): the primary score per ``meta["qtype"]`` of the test samples.
+    """
     encoder = Encoder(bundle.processor)
     out: dict[str, dict[str, Any]] = {}
     for t in tasks:
         preds = generate_answers(bundle.model, bundle.tokenizer, encoder.encode(t.test, with_answer=False),
                                  batch_size, t.max_new_tokens)
         scores, rows = score_predictions(t, preds)
+        by_type: dict[str, list[float]] = {}
+        for sample, row in zip(t.test, rows, strict=True):
+            by_type.setdefault(str(sample.meta.get("qtype")), []).append(row["scores"][t.primary_scorer])
         out[t.name] = {"primary": t.primary_scorer, "score": 100 * scores[t.primary_scorer],
-                       "scores": scores, "examples": rows[:2]}
+                       "scores": scores, "examples": rows[:2],
+                       "per_qtype": {q: 100 * sum(v) / len(v) for q, v in by_type.items()}}
     return out
 
 
-def held_out_tasks(seed: int, n: int, image_size: int) -> list[Task]:
-    """The card's generic held-out tasks, one per question type, scored like msvqa-synth's."""
-    test = instruct_samples(n, seed, split="test", image_size=image_size)
+def held_out_tasks(seed: int, n: int, image_size: int, qtypes: tuple[str, ...] = INSTRUCT_QTYPES) -> list[Task]:
+    """The card's generic held-out tasks, one per question type (``n`` samples, the types in turn), scored like
+    msvqa-synth's (VQA score; box F1 for boxes)."""
+    test = instruct_samples(n, seed, split="test", image_size=image_size, qtypes=qtypes)
     tasks = []
-    for q in QTYPES:
-        g = q == "grounding"
+    for q in qtypes:
+        box = q in BOX_QTYPES
+        tokens = GROUNDING_MAX_NEW_TOKENS if box else PHRASE_MAX_NEW_TOKENS if q in PHRASE_QTYPES else QA_MAX_NEW_TOKENS
         tasks.append(Task(f"{INSTRUCT_TASK}.{q}", [], [s for s in test if s.meta["qtype"] == q],
-                          scorers=list(GROUNDING_SCORERS) if g else list(QA_SCORERS),
-                          max_new_tokens=GROUNDING_MAX_NEW_TOKENS if g else QA_MAX_NEW_TOKENS))
+                          scorers=list(GROUNDING_SCORERS) if box else list(QA_SCORERS), max_new_tokens=tokens))
     return tasks
 
 
@@ -110,6 +134,8 @@ def stream_zero_shot(bundle: ModelBundle, name: str, test_per_task: int) -> dict
     per_task = evaluate_tasks(bundle, bench.tasks)
     scores = {k: round(v["score"], 1) for k, v in per_task.items()}
     card: dict[str, Any] = {"per_task": scores, "all_tasks": round(sum(scores.values()) / len(scores), 1)}
+    if name != "msvqa-synth":  # two question types per task
+        card["per_qtype"] = {f"{k}.{q}": round(v, 1) for k, t in per_task.items() for q, v in t["per_qtype"].items()}
     if name == "msvqa-synth":
         for axis, pos in (("per_scenario", 0), ("per_type", 1)):
             groups: dict[str, list[float]] = {}
@@ -123,7 +149,8 @@ def write_card(out: Path, bundle: ModelBundle, recipe: GeneralistRecipe, record:
                console: Console) -> dict[str, Any]:
     """Held-out generic scores and zero-shot on the built-in streams, added to ``record``."""
     size = bundle.model.config.vision_config.image_size
-    held = evaluate_tasks(bundle, held_out_tasks(recipe.seed + 10_000, recipe.n_held_out, size))
+    qtypes = tuple(q for q in INSTRUCT_QTYPES if recipe.qtype_weights.get(q, 0) > 0)
+    held = evaluate_tasks(bundle, held_out_tasks(recipe.seed + 10_000, recipe.n_held_out, size, qtypes))
     record["held_out_generic"] = {k.split(".", 1)[1]: round(v["score"], 1) for k, v in held.items()}
     record["held_out_generic"]["all_types"] = round(
         sum(v["score"] for v in held.values()) / len(held), 1)
@@ -162,10 +189,11 @@ def pretrain_generalist(
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"caption base {caption_base}: {n_params:,} parameters")
 
-    train = instruct_samples(recipe.n_instruct, recipe.seed, "train", size)
+    train = instruct_samples(recipe.n_instruct, recipe.seed, "train", size, weights=recipe.qtype_weights,
+                             textured=recipe.textured)
     console.print(f"vision warm-up: {recipe.vision_steps} steps on the instruction pictures")
     vision = pretrain_vision(model, processor, train[: min(len(train), 8000)], recipe.vision_steps,
-                             lr=1e-3, seed=recipe.seed, shapes=ALL_CATEGORIES)
+                             lr=1e-3, seed=recipe.seed, shapes=(*ALL_CATEGORIES, TEXT_SHAPE))
     console.print(f"vision warm-up done: {vision}")
     mix = train + caption_samples(recipe.n_captions, seed=recipe.seed + 20_000, image_size=size)
     mix += say_samples(answer_vocabulary(recipe.seed), recipe.n_say, seed=recipe.seed + 20_000)
@@ -198,7 +226,9 @@ def pretrain_generalist(
         "caption_stage": {"from": _where(caption_base), "recipe": caption_record.get("recipe"),
                           "seconds": caption_record.get("seconds")},
         "instruction_stage": {**asdict(recipe), "card_streams": list(recipe.card_streams),
-                              "mix": {"instruct": len(train), "captions": recipe.n_captions, "say": recipe.n_say}},
+                              "mix": {"instruct": len(train), "captions": recipe.n_captions, "say": recipe.n_say,
+                                  "per_qtype": dict(Counter(s.meta["qtype"] for s in train)),
+                                  "backdrops": dict(Counter(s.meta["backdrop"] for s in train))}},
         "params": n_params,
         "vocab_size": len(processor.tokenizer),
         "size": caption_record.get("recipe", {}).get("size"),

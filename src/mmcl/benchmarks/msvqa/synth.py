@@ -500,6 +500,17 @@ CATEGORY_MARKINGS: dict[str, Colour] = {
 """Category -> its marking colour (category names are unique across scenarios)."""
 
 
+def draw_objects(img: Image.Image, objects: tuple[SceneObject, ...]) -> None:
+    """Draw ``objects`` (glyph, then its category's marking when it has one) onto ``img`` in place."""
+    draw = ImageDraw.Draw(img)
+    unit = img.size[0] // UNITS
+    for o in objects:
+        px = (o.box[0] * unit, o.box[1] * unit, o.box[2] * unit, o.box[3] * unit)
+        draw_glyph(draw, o.category, PALETTE[o.colour], px, transpose=o.transpose, flip=o.flip)
+        if o.category in CATEGORY_MARKINGS:
+            draw.rectangle(marking_box(px), fill=CATEGORY_MARKINGS[o.category])
+
+
 @dataclass(frozen=True)
 class SceneRenderer:
     """Zero-argument callable that draws one scene; deterministic, cheap to keep, picklable.
@@ -524,13 +535,7 @@ class SceneRenderer:
             img = _BACKGROUNDS[self.scenario](rng, s)
         else:
             img = Image.new("RGB", (s, s), self.background)
-        draw = ImageDraw.Draw(img)
-        unit = s // UNITS
-        for o in self.objects:
-            px = (o.box[0] * unit, o.box[1] * unit, o.box[2] * unit, o.box[3] * unit)
-            draw_glyph(draw, o.category, PALETTE[o.colour], px, transpose=o.transpose, flip=o.flip)
-            if o.category in CATEGORY_MARKINGS:
-                draw.rectangle(marking_box(px), fill=CATEGORY_MARKINGS[o.category])
+        draw_objects(img, self.objects)
         if self.background is not None:
             return img
         if self.scenario == "underwater":
