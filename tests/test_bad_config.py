@@ -245,9 +245,11 @@ def test_long_values_are_cut_in_messages(tiny_llava_dir: Path, tmp_path: Path) -
     ("args", "message"),
     [(["pretrain", "--epochs", "0"], "Invalid value for '--epochs': must be a finite number > 0, got 0.0"),
      (["pretrain", "--max-steps", "0"], "Invalid value for '--max-steps'"),
+     (["pretrain", "--recipe", "generalist", "--instruct-epochs", "0"],
+      "Invalid value for '--instruct-epochs': must be a finite number > 0, got 0.0"),
      (["pretrain-janus", "--lm-steps", "0"], "Invalid value for '--lm-steps'"),
      (["bench", "--threads", "100000"], "Invalid value for '--threads'")],
-    ids=["pretrain-epochs", "pretrain-max-steps", "pretrain-janus-lm-steps", "bench-threads"],
+    ids=["pretrain-epochs", "pretrain-max-steps", "pretrain-instruct-epochs", "pretrain-janus-lm-steps", "bench-threads"],
 )
 def test_other_commands_refuse_out_of_range_numbers(args: list[str], message: str, tmp_path: Path) -> None:
     code, text, raw = invoke([*args, "--output", str(tmp_path / "out")], f"usage: {' '.join(args)}")
