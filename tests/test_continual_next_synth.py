@@ -331,3 +331,22 @@ def test_shifted_ocr_is_smaller(bench: Benchmark, shifted: Benchmark) -> None:
 def test_unknown_style_is_refused() -> None:
     with pytest.raises(ConfigError, match="style"):
         make(style="tilted")
+
+
+def test_shaded_style_changes_only_the_background(bench: Benchmark) -> None:
+    """``shaded`` (the generalist base's stream): the canonical objects, exactly, on a shaded and grained
+    background; OCR words keep their size; image targets stay canonical."""
+    shaded = make(style="shaded")
+    for name in ORDER:
+        for a, b in zip(bench.task(name).test[:6], shaded.task(name).test[:6], strict=True):
+            assert (a.question, a.answers) == (b.question, b.answers)
+            if b.target_image is not None:
+                assert b.load_target_image().tobytes() == a.load_target_image().tobytes()
+            if b.image is None:
+                continue
+            ca, sa = np.asarray(a.load_image()).astype(int), np.asarray(b.load_image()).astype(int)
+            bg = np.array(BACKGROUND_COLOURS[a.meta.get("background") or a.meta["source_attributes"]["background"]])
+            obj = np.any(ca != bg, axis=-1)
+            if name != "ocr-vqa":  # glyph pixels are exact (anti-aliased text edges blend with the shading)
+                assert np.array_equal(ca[obj], sa[obj]), b.id
+            assert np.abs(sa[~obj] - ca[~obj]).mean() > 3, b.id  # the background is shaded

@@ -176,6 +176,21 @@ def test_image_prompts_are_answered_with_images_without_asking_the_model(bundle:
     assert list(again[1].getdata()) == list(forced[2].image.getdata())
 
 
+def test_without_the_decision_loss_an_image_answer_trains_its_codes_only(bundle: types.SimpleNamespace) -> None:
+    """``train.image_decision_loss: false``: <begin_of_image> is not a training target (as in Janus' own
+    training); the codes' loss and the text answers' loss are unchanged."""
+    model = bundle.model
+    enc = Encoder.for_bundle(bundle)
+    batch = collate_train(enc.encode([t2i_sample(), vqa_sample(0)], with_answer=True), bundle.tokenizer.pad_token_id)
+    with_decision, without = dual_forward(model, batch), forward_batch(model, batch, decision_loss=False)
+    torch.testing.assert_close(without.image_loss, with_decision.image_loss)
+    text_only = collate_train(enc.encode([vqa_sample(0)], with_answer=True), bundle.tokenizer.pad_token_id)
+    torch.testing.assert_close(without.text_loss, model(**text_only).loss)  # the VQA answer's tokens only
+    images_only = collate_train(enc.encode([t2i_sample()], with_answer=True), bundle.tokenizer.pad_token_id)
+    assert float(dual_forward(model, images_only, decision_loss=False).text_loss) == 0.0
+    assert float(dual_forward(model, images_only).text_loss) > 0
+
+
 def test_prompt_dropout_trains_the_unconditional_branch(bundle: types.SimpleNamespace) -> None:
     model = bundle.model
     enc = Encoder.for_bundle(bundle)

@@ -139,6 +139,9 @@ class TrainConfig(_Strict):
     max_grad_norm: NonNegativeFloat = 1.0  # 0 = no clipping
     # image answers (dual-to-dual models): share of prompts blanked in training, for classifier-free guidance
     image_uncond_prob: OpenFraction = 0.1
+    # image answers: train <begin_of_image> as the answer's first token (the model's own choice of an image
+    # answer); false: only the image codes train, as in Janus' own training, whose pipeline appends it
+    image_decision_loss: bool = True
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     num_threads: Annotated[int, _Number, Field(ge=1, le=THREADS_MAX)] | None = None  # torch CPU threads; None = torch's default
     # image features of a frozen vision side computed once per run (mmcl.train.feature_cache)

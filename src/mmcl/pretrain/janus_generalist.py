@@ -14,8 +14,9 @@ of its world before any stream. Recipe (deterministic from ``seed``):
    (recolouring and changing the background; moving an object is left for the stream), plus the
    captions the base was pre-trained on;
 3. the card (``pretrain_janus.json``): held-out generic scores per form and zero-shot on the
-   stream in its ``shifted`` style (jittered objects on shaded backgrounds), the stream the
-   generalist config runs (``configs/continual-next-generalist.yaml``).
+   stream in each style: ``shaded`` (the canonical objects on shaded, grained backgrounds), the
+   stream the generalist config runs (``configs/continual-next-generalist.yaml``), ``shifted``
+   (also jittered object sizes and places, smaller OCR words) and ``canonical``.
 
 See docs/continual-next.md ("The generalist base").
 """
@@ -173,7 +174,7 @@ def pretrain_janus_generalist(out_dir: str | Path, recipe: JanusGeneralistRecipe
     }
     card["held_out_generic"] = evaluate(method, bundle, tasks, recipe.cfg_scale)
     log(f"held-out generic: {card['held_out_generic']}")
-    for style in ("shifted", "canonical"):
+    for style in ("shaded", "shifted", "canonical"):
         stream = [make_task(n, 0, 1, recipe.card_test_size, style=style) for n in TASK_NAMES]
         card[f"zero_shot_{style}"] = evaluate(method, bundle, stream, recipe.cfg_scale)
         log(f"zero-shot continual-next-synth ({style}): {card[f'zero_shot_{style}']}")

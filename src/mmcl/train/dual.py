@@ -47,10 +47,11 @@ class DualOutput:
     blanked_rows: torch.Tensor | None = None  # the rows whose prompt was blanked (``uncond_prob``)
 
 
-def forward_batch(model: Any, batch: dict[str, torch.Tensor], uncond_prob: float = 0.0) -> Any:
+def forward_batch(model: Any, batch: dict[str, torch.Tensor], uncond_prob: float = 0.0,
+                  decision_loss: bool = True) -> Any:
     """``model(**batch)``, or :func:`dual_forward` when the batch holds image answers."""
     if "image_targets" in batch:
-        return dual_forward(model, batch, uncond_prob=uncond_prob)
+        return dual_forward(model, batch, uncond_prob=uncond_prob, decision_loss=decision_loss)
     return model(**batch)
 
 
@@ -67,13 +68,15 @@ def merged_input_embeddings(model: Any, input_ids: torch.Tensor, pixel_values: t
 
 
 def dual_forward(model: Any, batch: dict[str, torch.Tensor], image_loss_weight: float = IMAGE_LOSS_WEIGHT,
-                 uncond_prob: float = 0.0) -> DualOutput:
+                 uncond_prob: float = 0.0, decision_loss: bool = True) -> DualOutput:
     """Loss of a batch with text and image answers (see the module docstring).
 
     ``uncond_prob``: each image answer's prompt is blanked with this probability (every position
     before ``<begin_of_image>`` but BOS gets the pad embedding, image features included), so the
     unconditional branch of classifier-free guidance keeps being trained, as in Janus' training
     (10 %). Such a sample still learns its image codes, not ``<begin_of_image>``'s position loss.
+    ``decision_loss=False`` (``train.image_decision_loss``): no image answer trains ``<begin_of_image>``
+    (the model's choice to answer with an image); only its codes train, as in Janus' own training.
     """
     base = base_model(model)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
@@ -81,6 +84,9 @@ def dual_forward(model: Any, batch: dict[str, torch.Tensor], image_loss_weight: 
     embeds = merged_input_embeddings(model, ids, batch.get("pixel_values"))
     rows = (starts >= 0).nonzero().flatten()
     n = targets.shape[1]
+    if not decision_loss and len(rows):
+        labels = labels.clone()
+        labels[rows, starts[rows]] = IGNORE_INDEX  # the <begin_of_image> label: the image answer's text token
     drop = rows[:0]
     if len(rows) and uncond_prob > 0:
         drop = rows[torch.rand(len(rows)) < uncond_prob]

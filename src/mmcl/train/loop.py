@@ -127,7 +127,7 @@ def train_on(
     def loss_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The model's loss on ``batch`` plus the method's extra loss (run under accelerator.autocast)."""
         nonlocal samples, tokens
-        outputs = forward_batch(forward_model, batch, cfg.image_uncond_prob)
+        outputs = forward_batch(forward_model, batch, cfg.image_uncond_prob, cfg.image_decision_loss)
         loss = outputs.loss
         extra = method.extra_loss(batch, outputs, stage)
         if extra is not None:

@@ -290,20 +290,23 @@ class Drawn:
     meta: dict[str, Any]
 
 
-Maker = Callable[[np.random.Generator, Any, int, bool], Drawn]  # (rng, balanced value, image size, shifted) -> Drawn
+Maker = Callable[[np.random.Generator, Any, int, str], Drawn]  # (rng, balanced value, image size, style) -> Drawn
 
 SHIFT_SIDES = (12, 19)  # a shifted object's side in px at 64 px (inclusive range; canonical: 16)
 SHIFT_OFFSET = 3  # a shifted object's offset from its grid point, px at 64 px (+-)
 
 
-def _look(rng: np.random.Generator, n: int, size: int, shifted: bool,
+def _look(rng: np.random.Generator, n: int, size: int, style: str,
           objects: tuple[Obj, ...] = ()) -> tuple[tuple[Jitter, ...], int | None]:
     """(per-object jitter, background texture seed) of a scene: ((), None) = canonical, no draw from ``rng``.
 
-    Shifted: every object gets its own side (``SHIFT_SIDES``) and offset (``SHIFT_OFFSET``), scaled to
-    ``size``; a jitter whose drawn boxes overlap is drawn again (after 20 tries the sides shrink to 12)."""
-    if not shifted:
+    Shaded: canonical objects, a texture seed. Shifted: also every object gets its own side
+    (``SHIFT_SIDES``) and offset (``SHIFT_OFFSET``), scaled to ``size``; a jitter whose drawn boxes
+    overlap is drawn again (after 20 tries the sides shrink to 12)."""
+    if style == "canonical":
         return (), None
+    if style == "shaded":
+        return (), int(rng.integers(2**31))
     k = size / tj.IMAGE_SIZE
     for attempt in range(21):
         hi = SHIFT_SIDES[1] if attempt < 20 else SHIFT_SIDES[0]
@@ -364,32 +367,32 @@ def _pair(rng: np.random.Generator, target: Obj) -> Obj:
 
 
 def _two_objects(rng: np.random.Generator, target: Obj, size: int, target_last: bool,
-                 shifted: bool) -> tuple[SceneImage, tuple[Obj, ...], str]:
+                 style: str) -> tuple[SceneImage, tuple[Obj, ...], str]:
     other = _pair(rng, target)
     bg = _pick(rng, _attr("background"))
     objects = (other, target) if target_last or rng.integers(2) else (target, other)
-    return SceneImage(objects, bg, size, *_look(rng, 2, size, shifted, objects)), objects, bg
+    return SceneImage(objects, bg, size, *_look(rng, 2, size, style, objects)), objects, bg
 
 
-def _vqa_colour(rng: np.random.Generator, colour: str, size: int, shifted: bool = False) -> Drawn:
+def _vqa_colour(rng: np.random.Generator, colour: str, size: int, style: str = "canonical") -> Drawn:
     target = (_pick(rng, _attr("shape")), colour, _pick(rng, _attr("position")))
-    image, objects, bg = _two_objects(rng, target, size, target_last=False, shifted=shifted)
+    image, objects, bg = _two_objects(rng, target, size, target_last=False, style=style)
     meta = {"objects": [_obj_dict(o) for o in objects], "background": bg, "present": _present(objects, bg)}
     return Drawn(f"What colour is the {target[0]}?", colour, image, None, meta)
 
 
-def _vqa_shape(rng: np.random.Generator, shape: str, size: int, shifted: bool = False) -> Drawn:
+def _vqa_shape(rng: np.random.Generator, shape: str, size: int, style: str = "canonical") -> Drawn:
     target = (shape, _pick(rng, _attr("colour")), _pick(rng, _attr("position")))
-    image, objects, bg = _two_objects(rng, target, size, target_last=False, shifted=shifted)
+    image, objects, bg = _two_objects(rng, target, size, target_last=False, style=style)
     meta = {"objects": [_obj_dict(o) for o in objects], "background": bg, "present": _present(objects, bg)}
     return Drawn(f"What shape is {target[2]}?", shape, image, None, meta)
 
 
-def _classification(rng: np.random.Generator, shape: str, size: int, shifted: bool = False) -> Drawn:
+def _classification(rng: np.random.Generator, shape: str, size: int, style: str = "canonical") -> Drawn:
     obj = (shape, _pick(rng, _attr("colour")), _pick(rng, _attr("position")))
     bg = _pick(rng, _attr("background"))
     meta = {"objects": [_obj_dict(obj)], "background": bg, "present": _present((obj,), bg)}
-    image = SceneImage((obj,), bg, size, *_look(rng, 1, size, shifted))
+    image = SceneImage((obj,), bg, size, *_look(rng, 1, size, style))
     return Drawn("What object is in the image?", shape, image, None, meta)
 
 
@@ -402,7 +405,7 @@ def _caption(obj: Obj, background: str) -> str:
     return str(tj.Scene(shape=obj[0], colour=obj[1], position=obj[2], background=background).caption())
 
 
-def _t2i(rng: np.random.Generator, _: Any, size: int, shifted: bool = False) -> Drawn:
+def _t2i(rng: np.random.Generator, _: Any, size: int, style: str = "canonical") -> Drawn:
     """Shifted or not, the target is the canonical drawing (what the VQ and the base's generations know)."""
     obj = (_pick(rng, _attr("shape")), _pick(rng, _attr("colour")), _pick(rng, _attr("position")))
     bg = _pick(rng, _attr("background"))
@@ -411,7 +414,7 @@ def _t2i(rng: np.random.Generator, _: Any, size: int, shifted: bool = False) -> 
     return Drawn(f"Generate an image: {caption}", caption, None, SceneImage((obj,), bg, size), meta)
 
 
-def _ocr(rng: np.random.Generator, word: str, size: int, shifted: bool = False) -> Drawn:
+def _ocr(rng: np.random.Generator, word: str, size: int, style: str = "canonical") -> Drawn:
     bg = _pick(rng, _light_backgrounds())
     ink = DARK_INKS[int(rng.integers(len(DARK_INKS)))]
     shift = max(1, size // 20)
@@ -421,7 +424,9 @@ def _ocr(rng: np.random.Generator, word: str, size: int, shifted: bool = False) 
         "ink": list(ink),
         "present": {"shapes": [], "colours": [], "backgrounds": [bg], "words": [word]},
     }
-    if shifted:  # smaller, further off centre, on a shaded background
+    if style == "shaded":
+        image = WordImage(word, bg, ink, offset, size, texture=int(rng.integers(2**31)))
+    elif style == "shifted":  # smaller, further off centre, on a shaded background
         scale = float(rng.uniform(*OCR_SHIFT_SCALE))
         far = max(1, size // 10)
         offset = (int(rng.integers(-far, far + 1)), int(rng.integers(-far, far + 1)))
@@ -436,9 +441,9 @@ def ocr_qtype(words: tuple[str, ...]) -> QType:
     return QType("word", lambda: words, _ocr)
 
 
-def _grounding(rng: np.random.Generator, position: str, size: int, shifted: bool = False) -> Drawn:
+def _grounding(rng: np.random.Generator, position: str, size: int, style: str = "canonical") -> Drawn:
     target = (_pick(rng, _attr("shape")), _pick(rng, _attr("colour")), position)
-    image, objects, bg = _two_objects(rng, target, size, target_last=True, shifted=shifted)  # on top: fully visible
+    image, objects, bg = _two_objects(rng, target, size, target_last=True, style=style)  # on top: fully visible
     px = object_pixel_box(target, bg, size, image.jitter[-1] if image.jitter else None)
     box = [v / size for v in px]
     meta = {
@@ -456,7 +461,7 @@ _EDIT_INDEX = {"shape": 0, "colour": 1, "position": 2}
 
 
 def _edit(attribute: str) -> Maker:
-    def make(rng: np.random.Generator, value: str, size: int, shifted: bool = False) -> Drawn:
+    def make(rng: np.random.Generator, value: str, size: int, style: str = "canonical") -> Drawn:
         src = (_pick(rng, _attr("shape")), _pick(rng, _attr("colour")), _pick(rng, _attr("position")))
         bg = _pick(rng, _attr("background"))
         if attribute == "background":
@@ -478,7 +483,7 @@ def _edit(attribute: str) -> Maker:
             "source_attributes": _scene_attrs(src, bg),
             "present": _present((new,), new_bg),
         }
-        source = SceneImage((src,), bg, size, *_look(rng, 1, size, shifted))  # the target stays canonical
+        source = SceneImage((src,), bg, size, *_look(rng, 1, size, style))  # the target stays canonical
         return Drawn(question, _caption(new, new_bg), source, SceneImage((new,), new_bg, size), meta)
 
     return make
@@ -584,7 +589,7 @@ def _freeze(v: Any) -> Any:
 
 
 _SPLIT_CODE = {"train": 1, "test": 2}
-STYLES: tuple[str, ...] = ("canonical", "shifted")
+STYLES: tuple[str, ...] = ("canonical", "shaded", "shifted")
 _BLOCK_TAG = 5
 _FRESH_TRIES = 50  # redraws to avoid repeating a sample of the same split (repeats allowed after)
 _MAX_TRIES = 1000  # redraws to avoid a test sample in training (never allowed)
@@ -597,7 +602,7 @@ def _signature(d: Drawn) -> tuple[object, ...]:
 
 def _make_split(
     spec: TaskSpec, split: str, n: int, seed: int, image_size: int, forbidden: set[tuple[object, ...]],
-    shifted: bool = False, namespace: str = NAME,
+    style: str = "canonical", namespace: str = NAME,
 ) -> tuple[list[Sample], set[tuple[object, ...]]]:
     base = [seed % 2**64, _key(f"{namespace}/{spec.name}"), _SPLIT_CODE[split]]
     values = [q.values() for q in spec.qtypes]
@@ -614,14 +619,14 @@ def _make_split(
             value = vals[int(perm[k % m])]
         rng = np.random.default_rng([*base, i])
         for attempt in range(_MAX_TRIES):
-            drawn = qtype.make(rng, value, image_size, shifted)
+            drawn = qtype.make(rng, value, image_size, style)
             sig = _signature(drawn)
             if sig not in forbidden and (sig not in seen or attempt >= _FRESH_TRIES):
                 break
         else:
             raise RuntimeError(f"{NAME} {spec.name}.{qtype.name}: every scene for {value!r} is a test scene")
         seen.add(sig)
-        meta = {"qtype": qtype.name, "split": split, "style": "shifted" if shifted else "canonical", **drawn.meta}
+        meta = {"qtype": qtype.name, "split": split, "style": style, **drawn.meta}
         if value is not None:
             meta["balanced"] = value
         out.append(
@@ -653,9 +658,8 @@ def make_task(name: str, seed: int = 0, train_size: int = 200, test_size: int = 
         raise ValueError(f"unknown {NAME} style {style!r}; styles: {', '.join(STYLES)}")
     spec = spec or SPECS[name]
     size = _default_image_size() if image_size is None else image_size
-    shifted = style == "shifted"
-    test, test_sigs = _make_split(spec, "test", test_size, seed, size, set(), shifted, namespace)
-    train, _ = _make_split(spec, "train", train_size, seed, size, test_sigs, shifted, namespace)
+    test, test_sigs = _make_split(spec, "test", test_size, seed, size, set(), style, namespace)
+    train, _ = _make_split(spec, "train", train_size, seed, size, test_sigs, style, namespace)
     inputs = ["text"] if name == "t2i" else ["text", "image"]
     expect: dict[str, Any] = {"modality": spec.out, "format": spec.format, "vocabulary": _vocab(*spec.vocabulary)}
     if spec.format == "short":
@@ -716,7 +720,7 @@ class Options(BaseModel):
     image_size: int = Field(default_factory=_default_image_size, ge=32, description="image side in pixels; a multiple of 16")
     train_size: int = Field(200, ge=0, description="training samples per task")
     test_size: int = Field(24, ge=1, description="test samples per task")
-    style: Literal["canonical", "shifted"] = Field(
+    style: Literal["canonical", "shaded", "shifted"] = Field(
         "canonical",
         description="'canonical': the tiny Janus' own world (16 px objects on grid points, plain backgrounds); "
         "'shifted': every input object's size (12-19 px) and place (+-3 px) jittered, backgrounds shaded and "
