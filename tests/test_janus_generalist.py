@@ -73,3 +73,16 @@ def test_the_recipe_runs_end_to_end_and_writes_its_card(tmp_path: Path) -> None:
     for key in ("held_out_generic", "zero_shot_shifted", "zero_shot_canonical"):
         assert set(saved[key]) == {*TASK_NAMES, "mean"} and saved[key] == card[key]
     assert (tmp_path / "g" / "model.safetensors").is_file()
+
+
+def test_the_shipped_preset_loads_with_its_card() -> None:
+    from mmcl.config import ModelConfig
+    from mmcl.models.loader import ASSETS_DIR, load_model
+
+    bundle = load_model(ModelConfig(preset="tiny-janus-generalist", dtype="float32"))
+    assert type(bundle.model).__name__ == "JanusForConditionalGeneration"
+    card = json.loads((ASSETS_DIR / "tiny-janus-generalist" / "pretrain_janus.json").read_text())
+    assert card["train_steps"] > 0 and card["trainable_params"] < card["params"]
+    for style in ("shaded", "shifted", "canonical"):
+        zs = card[f"zero_shot_{style}"]
+        assert set(zs) == {*TASK_NAMES, "mean"} and zs["mean"] == pytest.approx(sum(zs[t] for t in TASK_NAMES) / 6, abs=0.06)

@@ -34,7 +34,7 @@ def test_wheel_ships_configs_and_presets(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     for config in (ROOT / "configs").rglob("*.yaml"):
         assert f"mmcl/configs/{config.relative_to(ROOT / 'configs').as_posix()}" in names, config
-    for preset in ("tiny-llava", "tiny-llava-generalist", "tiny-janus", "image-judge"):
+    for preset in ("tiny-llava", "tiny-llava-generalist", "tiny-janus", "tiny-janus-generalist", "image-judge"):
         assert any(n.startswith(f"mmcl/assets/{preset}/") and n.endswith(".safetensors") for n in names), preset
 
 
