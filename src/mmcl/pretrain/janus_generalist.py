@@ -87,14 +87,15 @@ def generic_specs() -> dict[str, Any]:
     return specs
 
 
-def generic_tasks(seed: int, train_size: int, test_size: int) -> list[Task]:
+def generic_tasks(seed: int, train_size: int, test_size: int, base_seed: int = 0) -> list[Task]:
     """Generic canonical tasks of every stream form (their own generators: ``namespace="generalist"``).
 
-    Text-to-image keeps only the combinations the base's LM was trained on (its held-out ones stay held out)."""
+    Text-to-image keeps only the combinations the base's LM was trained on (its held-out ones, from
+    the base's own ``heldout_split(base_seed)``, stay held out)."""
     specs = generic_specs()
     tasks = [make_task(n, seed, train_size, test_size, style="canonical", namespace=NAMESPACE, spec=specs[n])
              for n in TASK_NAMES]
-    train_scenes, _ = heldout_split(0)
+    train_scenes, _ = heldout_split(base_seed)
     allowed = {s.caption() for s in train_scenes}
     for t in tasks:
         if t.name == "t2i":
@@ -103,9 +104,9 @@ def generic_tasks(seed: int, train_size: int, test_size: int) -> list[Task]:
     return tasks
 
 
-def caption_samples(n: int, seed: int) -> list[Sample]:
+def caption_samples(n: int, seed: int, base_seed: int = 0) -> list[Sample]:
     """``n`` "Describe the image." samples of the base's pre-training combinations (canonical, one object)."""
-    train_scenes, _ = heldout_split(0)
+    train_scenes, _ = heldout_split(base_seed)
     g = torch.Generator().manual_seed(seed + 7)
     out = []
     for k, i in enumerate(torch.randint(len(train_scenes), (n,), generator=g).tolist()):
@@ -136,8 +137,11 @@ def pretrain_janus_generalist(out_dir: str | Path, recipe: JanusGeneralistRecipe
     torch.manual_seed(recipe.seed)
     bundle = load_model(ModelConfig(preset=None, path=str(base), dtype="float32"))
     model = bundle.model
-    tasks = generic_tasks(recipe.seed, recipe.per_form, recipe.held_out_per_form)
-    mix = [s for t in tasks for s in t.train] + caption_samples(recipe.captions, recipe.seed)
+    base_card = base / "pretrain_janus.json"
+    base_recipe = json.loads(base_card.read_text())["recipe"] if base_card.is_file() else {}
+    base_seed = int(base_recipe.get("base_seed", base_recipe.get("seed", 0)))  # a generalist base: its own base's
+    tasks = generic_tasks(recipe.seed, recipe.per_form, recipe.held_out_per_form, base_seed)
+    mix = [s for t in tasks for s in t.train] + caption_samples(recipe.captions, recipe.seed, base_seed)
     log(f"generic mix: {len(mix)} samples ({', '.join(f'{t.name} {len(t.train)}' for t in tasks)}, "
         f"captions {recipe.captions})")
     tcfg = TrainConfig(epochs=recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr, warmup_ratio=0.03,
@@ -164,7 +168,7 @@ def pretrain_janus_generalist(out_dir: str | Path, recipe: JanusGeneralistRecipe
     model.save_pretrained(out)
     bundle.processor.save_pretrained(out)
     card: dict[str, Any] = {
-        "recipe": {**asdict(recipe), "base": str(base), "generic_words": list(GENERIC_WORDS),
+        "recipe": {**asdict(recipe), "base": str(base), "base_seed": base_seed, "generic_words": list(GENERIC_WORDS),
                    "generic_edits": list(GENERIC_EDITS), "stream_only_words": sorted(set(OCR_WORDS) - set(GENERIC_WORDS))},
         "mix": {t.name: len(t.train) for t in tasks} | {"captions": recipe.captions},
         "train_steps": stats.steps, "final_loss": stats.final_loss, "train_seconds": train_seconds,
