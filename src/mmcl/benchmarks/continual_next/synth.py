@@ -156,12 +156,12 @@ def _object_mask(layer: Image.Image, background: str) -> np.ndarray:
     return np.any(np.asarray(layer, dtype=np.int16) != bg, axis=-1)
 
 
-TEXTURE_AMPLITUDE = 28  # luminance swing of a shifted background's soft shading (0-255 scale)
+TEXTURE_AMPLITUDE = 28  # luminance swing of a shaded background's soft shading (0-255 scale)
 TEXTURE_GRAIN = 6  # standard deviation of its per-pixel grain
 
 
 def background_texture(seed: int, image_size: int) -> np.ndarray:
-    """H x W luminance offsets of a shifted background: soft shading (a 5 x 5 field, smoothly upscaled) plus grain."""
+    """H x W luminance offsets of a shaded background: soft shading (a 5 x 5 field, smoothly upscaled) plus grain."""
     rng = np.random.default_rng([seed, 29])
     coarse = rng.uniform(-1.0, 1.0, (5, 5)).astype(np.float32)
     field = np.asarray(Image.fromarray(coarse, mode="F").resize((image_size, image_size), Image.BICUBIC))
@@ -179,8 +179,8 @@ def render_scene(objects: tuple[Obj, ...], background: str, image_size: int,
                  jitter: tuple[Jitter, ...] = (), texture: int | None = None) -> Image.Image:
     """Objects drawn in order (later ones on top) on ``background``; one object = ``draw_scene``.
 
-    Shifted scenes (``style: shifted``): ``jitter`` gives each object its own side and offset, and
-    ``texture`` (a seed) shades and grains the background pixels (:func:`background_texture`)."""
+    ``style: shifted``: ``jitter`` gives each object its own side and offset; ``shaded`` and
+    ``shifted``: ``texture`` (a seed) shades and grains the background pixels (:func:`background_texture`)."""
     jit = jitter or (None,) * len(objects)
     img = _draw_one(objects[0], background, image_size, jit[0])
     covered = _object_mask(img, background)
@@ -210,7 +210,7 @@ class SceneImage:
     background: str
     image_size: int
     jitter: tuple[Jitter, ...] = ()  # per object, shifted scenes only
-    texture: int | None = None  # background texture seed, shifted scenes only
+    texture: int | None = None  # background texture seed, shaded and shifted scenes only
 
     def __call__(self) -> Image.Image:
         return render_scene(self.objects, self.background, self.image_size, self.jitter, self.texture)
@@ -258,7 +258,7 @@ class WordImage:
     offset: tuple[int, int]
     image_size: int
     scale: float = 1.0  # shifted scenes: the word written smaller (fraction of the fitted size)
-    texture: int | None = None  # shifted scenes: background texture seed
+    texture: int | None = None  # shaded and shifted scenes: background texture seed
 
     def __call__(self) -> Image.Image:
         img = Image.new("RGB", (self.image_size, self.image_size), tj.BACKGROUND_COLOURS[self.background])
@@ -648,8 +648,9 @@ def make_task(name: str, seed: int = 0, train_size: int = 200, test_size: int = 
               style: str = "canonical", namespace: str = NAME, spec: TaskSpec | None = None) -> Task:
     """Build one task; its data depends only on (seed, name, sizes, style, namespace).
 
-    ``style``: ``canonical`` draws the base's own world; ``shifted`` jitters every input object's size
-    and place and shades the background (image targets stay canonical). ``namespace`` and ``spec``
+    ``style``: ``canonical`` draws the base's own world; ``shaded`` shades and grains the background
+    of every input picture; ``shifted`` also jitters every input object's size and place (image
+    targets stay canonical in every style). ``namespace`` and ``spec``
     let the generalist pre-training draw its own generic samples of a task's forms
     (:mod:`mmcl.pretrain.janus_generalist`) from generators the stream never uses."""
     if name not in SPECS:
@@ -723,9 +724,9 @@ class Options(BaseModel):
     style: Literal["canonical", "shaded", "shifted"] = Field(
         "canonical",
         description="'canonical': the tiny Janus' own world (16 px objects on grid points, plain backgrounds); "
-        "'shifted': every input object's size (12-19 px) and place (+-3 px) jittered, backgrounds shaded and "
-        "grained, OCR words smaller and off centre (image targets stay canonical): the stream of the generalist "
-        "base (docs/continual-next.md)",
+        "'shaded': the same objects on shaded, grained backgrounds (the generalist base's stream); "
+        "'shifted': also every input object's size (12-19 px) and place (+-3 px) jittered and OCR words smaller "
+        "and off centre. Image targets stay canonical (docs/continual-next.md)",
     )
     modality_order: Literal["default", "alternating"] = Field(
         "default",
