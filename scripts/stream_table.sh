@@ -5,7 +5,8 @@
 #
 # Each run goes to OUT_DIR/<method>-s<seed>; a finished run is skipped and an interrupted one is
 # continued with --resume, so the table can be filled over several sessions. Two runs go side by
-# side with one thread each (on 2 cores this finishes sooner than one run with two threads).
+# side with one thread each (on 2 cores this finishes sooner than one run with two threads);
+# JOBS=1 runs them one after another (to leave a core free for other work).
 # Overrides for one method only go in MMCL_SET_<method, - as _>, e.g.
 #   MMCL_SET_mr_lora="method.router_epochs=10" scripts/stream_table.sh ...
 # A variant of a method is written VARIANT:METHOD (its runs are named VARIANT and grouped apart),
@@ -47,6 +48,7 @@ if [ "${1:-}" = "--park" ]; then
 fi
 
 out=${1:?OUT_DIR}; methods=${2:?methods}; seeds=${3:?seeds}; shift 3
+[[ ${JOBS:-2} =~ ^[1-9][0-9]*$ ]] || { echo "JOBS must be a whole number >= 1, got '$JOBS'" >&2; exit 2; }
 configs=("$@")
 mkdir -p "$out"
 
@@ -74,7 +76,7 @@ one() {  # method[:base method] seed
 jobs_list=()
 for s in $seeds; do for m in $methods; do jobs_list+=("$m $s"); done; done
 for job in "${jobs_list[@]}"; do
-  while [ "$(jobs -rp | wc -l)" -ge 2 ]; do sleep 5; done
+  while [ "$(jobs -rp | wc -l)" -ge "${JOBS:-2}" ]; do sleep 5; done
   # shellcheck disable=SC2086
   one $job &
 done

@@ -76,3 +76,13 @@ def test_a_table_across_sessions(small_config: Path, tmp_path: Path) -> None:
     _table(out, keep, small_config)
     assert not list(out.glob("*-s*")), "a kept run was run again"
     assert (keep / "zero-shot-s1" / "results.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("jobs", ["0", "two", "-1"])
+def test_jobs_must_be_a_whole_number(jobs: str, tmp_path: Path) -> None:
+    """JOBS (runs side by side) is checked before any run folder is made."""
+    env = dict(os.environ, JOBS=jobs)
+    done = subprocess.run(["bash", "scripts/stream_table.sh", str(tmp_path / "runs"), "zero-shot", "0"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and f"JOBS must be a whole number >= 1, got '{jobs}'" in done.stderr
+    assert not (tmp_path / "runs").exists()
