@@ -60,7 +60,7 @@ def test_probe_reads_the_base_and_sees_the_projector_drift(llava_and_task) -> No
     assert base_train.shape == (len(train), bundle.model.config.text_config.hidden_size)
     probe = LinearProbe.fit(base_train, y_train)
     before = probe.accuracy(image_features(bundle.model, bundle.processor, test), y_test)
-    assert before >= 70  # the base separates an unseen scenario's categories (measured 90 on these 40 items; 32.5 after the scramble)
+    assert before >= 70  # the base separates an unseen scenario's categories (measured 92.5 on these 40 items with the try-2 base, 90 with try 1; 32.5 after the scramble for both)
     projector = bundle.model.model.multi_modal_projector
     saved = {k: v.clone() for k, v in projector.state_dict().items()}
     try:
