@@ -83,9 +83,11 @@ done
 wait
 runs=${KEEP_DIR:-$out}; cmp="$runs/compare"
 mmcl compare "$runs"/*-s*/ -o "$cmp"
-if grep -qs "continual-next" "${configs[@]}"; then  # Avg.ACC, Forgetting, New.ACC, Avg.HAL/IUF/OTH, transfer
+# the benchmark as the runs resolved it (their config.yaml), so a layer such as configs/caption.yaml counts too
+bench=$(sed -n '/^benchmark:/,/^[^ ]/s/^  name: //p' "$runs"/*-s*/config.yaml | sort -u)
+if grep -q "^continual-next" <<< "$bench"; then  # Avg.ACC, Forgetting, New.ACC, Avg.HAL/IUF/OTH, transfer
   mmcl compare "$runs"/*-s*/ --protocol cnext -o "$cmp"
 fi
-if [ ${#configs[@]} -eq 0 ] || grep -qs "msvqa" "${configs[@]}"; then  # the MSVQA protocol table (per scenario, VQA score and F1)
+if grep -q "^msvqa" <<< "$bench"; then  # the MSVQA protocol table (per scenario, VQA score and F1)
   mmcl compare "$runs"/*-s*/ --protocol msvqa -o "$cmp"
 fi

@@ -10,6 +10,16 @@ import pytest
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# Under pytest-xdist (`-n 2`, as CI runs) each worker gets its share of the cores, so workers do
+# not oversubscribe them; OMP_NUM_THREADS reaches the `mmcl` subprocesses some tests start.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _THREADS = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+
+    import torch
+
+    torch.set_num_threads(_THREADS)
+
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 

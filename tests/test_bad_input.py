@@ -499,7 +499,7 @@ def test_resume_on_a_directory_from_another_config(tiny_llava_dir: Path, tmp_pat
     code, text = invoke(run_args(tiny_llava_dir, out, "seed=2", "train.lr=0.01", resume=True), "resume, other config")
     assert code == 2
     assert (f"cannot resume {out}: it was written by a different config (seed: 1 in the saved config, 2 now; "
-            "train.lr: 0.002 in the saved config, 0.01 now); run with the same config, or use --output for a new run") in text
+            "train.lr: 0.0005 in the saved config, 0.01 now); run with the same config, or use --output for a new run") in text
     assert "holds so far is kept" not in text  # nothing to continue: no resume hint
     assert snapshot(out) == before
     code, text = invoke(run_args(tiny_llava_dir, out, "seed=1"), "plain rerun into a run dir")

@@ -93,7 +93,9 @@ class BenchmarkConfig(BaseModel):
 class ModelConfig(_Strict):
     """Which model. ``preset`` names a built-in model; ``path`` is a local Hugging Face directory."""
 
-    preset: str | None = "tiny-llava"
+    # The instruction-tuned generalist (docs/generalist-base.md); "tiny-llava" is the caption-only base
+    # of the earlier tables (configs/caption.yaml).
+    preset: str | None = "tiny-llava-generalist"
     path: str | None = None
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     lora_rank: Count = 16
@@ -132,7 +134,7 @@ class TrainConfig(_Strict):
     max_steps: Count | None = None  # update steps per task; overrides epochs when set
     batch_size: Count = 16  # per process
     grad_accum: Count = 1
-    lr: PositiveFloat = 2e-3
+    lr: PositiveFloat = 5e-4  # for LoRA on an instruction-tuned base; the caption-only base used 2e-3
     weight_decay: NonNegativeFloat = 0.0
     warmup_ratio: Fraction = 0.05  # share of a task's steps spent warming up, in [0, 1]
     scheduler: Literal["cosine", "linear", "constant"] = "cosine"
