@@ -126,3 +126,33 @@ def run_quick(model_dir: Path, out_dir: Path, *extra: str) -> dict:
 
     out = Runner(load_config(overrides=quick_overrides(model_dir, *extra)), output_dir=out_dir).run()
     return json.loads((out / "results.json").read_text())
+
+
+def science_runs(*configs: Path):
+    """The ``joint`` and ``sequential`` (lora-ft) module fixtures of a science test: one run each of
+    the shipped model on ``configs`` (no predictions kept), their results.json.
+
+    Use as ``joint, sequential = science_runs(CONFIG, ...)`` at module level. Each run prints its
+    zero-shot row, matrix and metrics (shown with -s, or on failure).
+    """
+    import json
+
+    from mmcl.config import load_config
+    from mmcl.runner import Runner
+
+    def run(out: Path, method: str) -> dict:
+        cfg = load_config(list(configs), overrides=[f"method.name={method}", "eval.save_predictions=false"])
+        results = json.loads((Runner(cfg, output_dir=out).run() / "results.json").read_text())
+        print(method, "zero-shot", results["zero_shot"]["primary"])
+        print(method, "matrix", results["matrix"]["primary"], "metrics", results["metrics"]["primary"])
+        return results
+
+    @pytest.fixture(scope="module")
+    def joint(tmp_path_factory: pytest.TempPathFactory) -> dict:
+        return run(tmp_path_factory.mktemp("joint"), "joint")
+
+    @pytest.fixture(scope="module")
+    def sequential(tmp_path_factory: pytest.TempPathFactory) -> dict:
+        return run(tmp_path_factory.mktemp("lora-ft"), "lora-ft")
+
+    return joint, sequential

@@ -10,13 +10,10 @@ the domain stream (`configs/mllm-dcl-quick.yaml`) was measured by hand, see
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-
-from mmcl.config import load_config
-from mmcl.runner import Runner
+from conftest import science_runs
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mllm-acl-quick.yaml"
 CAPTION = CONFIG.parent / "caption.yaml"  # the caption-only base these figures were measured on
@@ -39,23 +36,7 @@ SEQ_BWT_MAX = -0.40
 pytestmark = pytest.mark.slow
 
 
-def _run(out: Path, method: str) -> dict:
-    cfg = load_config([CONFIG, CAPTION], overrides=[f"method.name={method}", "eval.save_predictions=false"])
-    run_dir = Runner(cfg, output_dir=out).run()
-    results = json.loads((run_dir / "results.json").read_text())
-    print(method, "zero-shot", results["zero_shot"]["primary"])  # shown with -s, or on failure
-    print(method, "matrix", results["matrix"]["primary"], "metrics", results["metrics"]["primary"])
-    return results
-
-
-@pytest.fixture(scope="module")
-def joint(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return _run(tmp_path_factory.mktemp("joint"), "joint")
-
-
-@pytest.fixture(scope="module")
-def sequential(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return _run(tmp_path_factory.mktemp("lora-ft"), "lora-ft")
+joint, sequential = science_runs(CONFIG, CAPTION)
 
 
 def test_zero_shot_is_poor(sequential: dict) -> None:

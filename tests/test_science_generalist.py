@@ -10,13 +10,12 @@ everything it learned. Margins are set from the spread over three seeds, written
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from conftest import science_runs
 
 from mmcl.config import load_config
-from mmcl.runner import Runner
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "msvqa-quick-science.yaml"
 
@@ -38,23 +37,11 @@ SEQ_EARLIER_MEAN_MIN = 0.35  # after every stage, the mean over the tasks traine
 JOINT_OVER_SEQ_MIN = 0.08
 
 
-def _run(out: Path, method: str) -> dict:
-    cfg = load_config([CONFIG], overrides=[f"method.name={method}", "eval.save_predictions=false"])
-    assert cfg.model.preset == "tiny-llava-generalist"  # the default base, not a layer of this test
-    run_dir = Runner(cfg, output_dir=out).run()
-    results = json.loads((run_dir / "results.json").read_text())
-    print(method, "zero-shot", results["zero_shot"]["primary"], "last row", results["matrix"]["primary"][-1])
-    return results
+joint, sequential = science_runs(CONFIG)
 
 
-@pytest.fixture(scope="module")
-def joint(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return _run(tmp_path_factory.mktemp("joint"), "joint")
-
-
-@pytest.fixture(scope="module")
-def sequential(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return _run(tmp_path_factory.mktemp("lora-ft"), "lora-ft")
+def test_the_stream_runs_on_the_default_base() -> None:
+    assert load_config([CONFIG]).model.preset == "tiny-llava-generalist"  # no layer of this test picks it
 
 
 def test_zero_shot_answers_unevenly(sequential: dict) -> None:
