@@ -296,27 +296,39 @@ def pretrain_janus(
 @app.command()
 def rescore(
     run_dir: Path,
-    scorer: Annotated[str, typer.Option("--scorer", help="Scorer name, e.g. relaxed_numeric.")],
+    scorer: Annotated[str | None, typer.Option("--scorer", help="Scorer name, e.g. relaxed_numeric.")] = None,
     task: Annotated[
         list[str] | None,
         typer.Option("--task", help="Rescore only this task (repeatable); the track is null elsewhere. Default: every task."),
     ] = None,
+    intrusion: Annotated[
+        bool,
+        typer.Option("--intrusion", help="Instead of a scorer: add the `intrusion` track (the share of each earlier "
+                                         "task's answers that are answers of the task just learned)."),
+    ] = False,
 ) -> None:
     """Recompute a run's matrices and metrics from its saved predictions with another scorer.
 
     Sample-aware scorers (mllmcl_sci, mllmcl_ocr, mllmcl_ocr_strict, cnext_grounding) use what the
     evaluator saved with each prediction (sample_meta); predictions saved without it are refused.
-    Scorers and their sources: docs/scorers.md.
+    Scorers and their sources: docs/scorers.md; the intrusion track: docs/metrics.md#intrusion.
     """
     from mmcl.registry import UnknownNameError
-    from mmcl.rescore import rescore_run
+    from mmcl.rescore import INTRUSION, intrusion_run, rescore_run
 
+    if (scorer is None) == (not intrusion):
+        _fail("give exactly one of --scorer NAME and --intrusion")
+    if intrusion and task:
+        _fail("--task applies to --scorer only: the intrusion track reads every task")
     try:
-        results = rescore_run(run_dir, scorer, tasks=task or None)
+        if intrusion:
+            results, track = intrusion_run(run_dir), INTRUSION
+        else:
+            assert scorer is not None
+            results, track = rescore_run(run_dir, scorer, tasks=task or None), scorer
     except (UnknownNameError, ValueError, OSError) as e:
         _fail(str(e))
-    m = results["metrics"][scorer]
-    out.print(json.dumps({scorer: m}, indent=2))
+    out.print(json.dumps({track: results["metrics"][track]}, indent=2))
 
 
 @app.command()

@@ -22,6 +22,10 @@ scale (fractions or percentages); the metrics share it.
   after learning it and before the final stage, minus its final score. Not
   clipped at 0: it is negative when the final score beats every earlier one.
   None when T == 1.
+
+The ``intrusion`` track (``mmcl rescore --intrusion``) is not a score: ``I[t][j]`` is the share of
+task j's answers after stage t taken from the answer sets of tasks learned after j. Its
+metrics are :func:`intrusion_metrics` (``last`` and ``average`` only).
 """
 
 from __future__ import annotations
@@ -187,3 +191,22 @@ def summarize_seeds(values: Sequence[float | None]) -> tuple[float | None, float
     if len(xs) == 1:
         return xs[0], 0.0
     return _mean(xs), statistics.stdev(xs)
+
+
+INTRUSION = "intrusion"
+"""Name of the intrusion track (see the module docstring and docs/metrics.md#intrusion)."""
+
+
+def intrusion_metrics(matrix: Sequence[Sequence[float | None]]) -> dict[str, float | None]:
+    """Metrics of the intrusion track: ``last``, the last row's mean over its non-null cells (the tasks
+    learned before the last stage), and ``average``, the mean over rows of each row's mean (rows with
+    a value). The score metrics (MFT, BWT, ...) do not apply and are None."""
+    def mean(values: Sequence[float | None]) -> float | None:
+        known = [float(v) for v in values if v is not None]
+        return math.fsum(known) / len(known) if known else None
+
+    rows = [mean(row) for row in matrix]
+    out: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
+    out["last"] = rows[-1] if rows else None
+    out["average"] = mean(rows)
+    return out

@@ -24,7 +24,15 @@ from typing import Any
 
 import mmcl.benchmarks.builtin  # noqa: F401  registers the benchmarks' scorers (cnext_*, mllmcl_*) and protocols
 from mmcl.data.errors import DataError, DataProblem
-from mmcl.eval.scorers import Scorer, call_scorer, get_scorer, needs_sample, sample_from_context
+from mmcl.eval.scorers import (
+    Scorer,
+    call_scorer,
+    get_scorer,
+    needs_sample,
+    sample_from_context,
+    vqa_normalize,
+)
+from mmcl.metrics import INTRUSION
 from mmcl.report.markdown import write_report
 from mmcl.report.results import RESULTS_FILE, load_results, row_labels, track_metrics, write_matrix_csv
 from mmcl.rundir import RunLock
@@ -148,14 +156,13 @@ def rescore_run(run_dir: str | Path, scorer: str, tasks: Sequence[str] | None = 
         return _rescore(run_dir, results, scorer, fn, set(task_names if tasks is None else tasks))
 
 
-def _rescore(run_dir: Path, results: dict[str, Any], scorer: str, fn: Scorer, chosen: set[str]) -> dict[str, Any]:
+def _evaluated_cells(run_dir: Path, results: dict[str, Any], chosen: set[str]) -> list[tuple[int | None, int, str]]:
+    """``(row index or None for zero-shot, task index, stage dir name)`` of every evaluated cell of the
+    ``chosen`` tasks; raises FileNotFoundError naming every cell whose predictions file is missing."""
     task_names: list[str] = results["tasks"]
     primary = results["matrix"]["primary"]
     pred_root = inside(run_dir, PREDICTIONS_DIR)
-
-    # (row index or None for zero-shot, task index, stage dir name)
     cells: list[tuple[int | None, int, str]] = []
-    missing: list[str] = []
     zero_primary = (results.get("zero_shot") or {}).get("primary")
     zs_dir = pred_root / ZERO_SHOT_STAGE
     if zero_primary is not None or zs_dir.is_dir():
@@ -170,9 +177,11 @@ def _rescore(run_dir: Path, results: dict[str, Any], scorer: str, fn: Scorer, ch
             if primary[t][j] is not None or (pred_root / stage / f"{task}.jsonl").is_file():
                 cells.append((t, j, stage))
     cells = [c for c in cells if task_names[c[1]] in chosen]
-    for _, j, stage in cells:
-        if not (pred_root / stage / f"{task_names[j]}.jsonl").is_file():
-            missing.append(f"stage {stage}, task {task_names[j]} ({pred_root / stage / (task_names[j] + '.jsonl')})")
+    missing = [
+        f"stage {stage}, task {task_names[j]} ({pred_root / stage / (task_names[j] + '.jsonl')})"
+        for _, j, stage in cells
+        if not (pred_root / stage / f"{task_names[j]}.jsonl").is_file()
+    ]
     if missing:
         shown = "\n".join(f"  - {m}" for m in missing[:20])
         more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
@@ -180,21 +189,51 @@ def _rescore(run_dir: Path, results: dict[str, Any], scorer: str, fn: Scorer, ch
             f"cannot rescore {run_dir}: predictions missing for {len(missing)} evaluated cell(s) "
             f"(was the run made with eval.save_predictions=false?):\n{shown}{more}"
         )
+    return cells
 
-    # Read and check every file before scoring or writing anything.
+
+Loaded = list[tuple[int | None, int, Path, list[dict[str, Any]]]]
+
+
+def _load_cells(run_dir: Path, results: dict[str, Any], chosen: set[str], scorer: Scorer | None = None,
+                scorer_name: str = "") -> Loaded:
+    """Read and check the predictions of every evaluated cell before anything is scored or written.
+
+    Every bad line of every file is collected and raised at once as a DataError (file, line, field).
+    """
+    task_names: list[str] = results["tasks"]
     problems: list[DataProblem] = []
-    loaded = []
-    for t, j, stage in cells:
+    loaded: Loaded = []
+    for t, j, stage in _evaluated_cells(run_dir, results, chosen):
         path = inside(run_dir, PREDICTIONS_DIR, stage, f"{task_names[j]}.jsonl")
         rows = _read_predictions(path, problems)
-        if needs_sample(fn):
-            _check_sample_context(path, rows, scorer, problems)
+        if scorer is not None and needs_sample(scorer):
+            _check_sample_context(path, rows, scorer_name, problems)
         loaded.append((t, j, path, rows))
     if problems:
         raise DataError(problems)
+    return loaded
 
+
+def _write_track(run_dir: Path, results: dict[str, Any], track: str, matrix: list[list[float | None]],
+                 zero_shot: list[float | None] | None) -> dict[str, Any]:
+    """Set ``matrix[track]`` (and ``zero_shot[track]``) and its metrics (:func:`track_metrics`), and
+    rewrite results.json, matrix.csv and report.md."""
+    results["matrix"][track] = matrix
+    if zero_shot is not None:
+        results.setdefault("zero_shot", {})[track] = zero_shot
+    results.setdefault("metrics", {})[track] = track_metrics(results, track)
+    atomic_write_json(run_dir / RESULTS_FILE, results)
+    write_matrix_csv(run_dir, results)
+    write_report(run_dir, results)
+    return results
+
+
+def _rescore(run_dir: Path, results: dict[str, Any], scorer: str, fn: Scorer, chosen: set[str]) -> dict[str, Any]:
+    task_names: list[str] = results["tasks"]
+    loaded = _load_cells(run_dir, results, chosen, fn, scorer)
     n = len(task_names)
-    matrix: list[list[float | None]] = [[None] * n for _ in primary]
+    matrix: list[list[float | None]] = [[None] * n for _ in results["matrix"]["primary"]]
     zero_shot: list[float | None] | None = None
     values = [_score_rows(rows, scorer, fn, path, task_names[j]) for _, j, path, rows in loaded]
     # Everything scored: only now write.
@@ -205,12 +244,52 @@ def _rescore(run_dir: Path, results: dict[str, Any], scorer: str, fn: Scorer, ch
             zero_shot[j] = value
         else:
             matrix[t][j] = value
+    return _write_track(run_dir, results, scorer, matrix, zero_shot)
 
-    results["matrix"][scorer] = matrix
-    if zero_shot is not None:
-        results.setdefault("zero_shot", {})[scorer] = zero_shot
-    results.setdefault("metrics", {})[scorer] = track_metrics(results, scorer)
-    atomic_write_json(run_dir / RESULTS_FILE, results)
-    write_matrix_csv(run_dir, results)
-    write_report(run_dir, results)
-    return results
+
+def _learned_task(label: str, task_names: list[str]) -> int | None:
+    """Index of the task a row's label says was just learned (``after <task>``), else None."""
+    name = label.removeprefix("after ")
+    return task_names.index(name) if label.startswith("after ") and name in task_names else None
+
+
+def intrusion_run(run_dir: str | Path) -> dict[str, Any]:
+    """Add the ``intrusion`` track to a sequential run: how often later tasks' answers replace an earlier task's.
+
+    ``intrusion[t][j]`` (task j learned before stage t) is the share of task j's saved answers
+    after stage t that are an answer of a task learned after j (up to stage t) and not an answer
+    of task j. Answers are compared VQA-normalised; a task's answer set is the union of the gold
+    answers of its test questions. Other cells are null (a task not yet learned, the diagonal,
+    rows that name no learned task: joint training, zero-shot). E.g. 1.0 for an old "what kind of
+    object" task means every answer names a category of a later scenario. See docs/metrics.md.
+
+    Reads every prediction file first (errors as :func:`rescore_run`, nothing written on bad
+    input), writes no per-line scores, and rewrites results.json, matrix.csv and report.md.
+    Raises ValueError when no row names a learned task.
+    """
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    task_names: list[str] = results["tasks"]
+    for task in task_names:
+        check_name(task, f"{run_dir / RESULTS_FILE}: task name")
+    learned = [_learned_task(label, task_names) for label in row_labels(results)]
+    if all(k is None for k in learned):
+        raise ValueError(
+            f"{run_dir} has no row after learning one task (rows: {', '.join(row_labels(results))}); "
+            "the intrusion track needs a sequential run"
+        )
+    learned_at = {k: s for s, k in enumerate(learned) if k is not None}
+    with RunLock(run_dir, "mmcl rescore --intrusion"):
+        loaded = _load_cells(run_dir, results, set(task_names))
+        answer_sets: list[set[str]] = [set() for _ in task_names]
+        for _, j, _, rows in loaded:
+            answer_sets[j].update(vqa_normalize(a) for row in rows for a in row["answers"])
+        matrix: list[list[float | None]] = [[None] * len(task_names) for _ in learned]
+        for t, j, _, rows in loaded:
+            if t is None or j not in learned_at or learned_at[j] >= t:
+                continue
+            later = set().union(*(answer_sets[k] for k in learned[learned_at[j] + 1 : t + 1] if k is not None))
+            foreign = later - answer_sets[j]
+            matrix[t][j] = sum(vqa_normalize(r["prediction"]) in foreign for r in rows) / len(rows)
+        return _write_track(run_dir, results, INTRUSION, matrix, None)
+
