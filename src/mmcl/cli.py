@@ -304,7 +304,7 @@ def rescore(
     intrusion: Annotated[
         bool,
         typer.Option("--intrusion", help="Instead of a scorer: add the `intrusion` track (the share of each earlier "
-                                         "task's answers that are answers of the task just learned)."),
+                                         "task's answers that are answers of tasks learned after it)."),
     ] = False,
 ) -> None:
     """Recompute a run's matrices and metrics from its saved predictions with another scorer.

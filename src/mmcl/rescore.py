@@ -120,6 +120,15 @@ def _check_sample_context(path: Path, rows: list[dict[str, Any]], scorer: str, p
             return
 
 
+def _open_run(run_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A run's results, with every task name checked like a benchmark's (it names files under the run)."""
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    for task in results["tasks"]:
+        check_name(task, f"{run_dir / RESULTS_FILE}: task name")
+    return run_dir, results
+
+
 def rescore_run(run_dir: str | Path, scorer: str, tasks: Sequence[str] | None = None) -> dict[str, Any]:
     """Score every saved prediction of a run with ``scorer`` and add (or replace) that track.
 
@@ -143,11 +152,8 @@ def rescore_run(run_dir: str | Path, scorer: str, tasks: Sequence[str] | None = 
     Returns the updated results.
     """
     fn = get_scorer(scorer)
-    run_dir = Path(run_dir)
-    results = load_results(run_dir)
+    run_dir, results = _open_run(run_dir)
     task_names: list[str] = results["tasks"]
-    for task in task_names:
-        check_name(task, f"{run_dir / RESULTS_FILE}: task name")
     if tasks is not None:
         unknown = [t for t in tasks if t not in task_names]
         if unknown:
@@ -267,11 +273,8 @@ def intrusion_run(run_dir: str | Path) -> dict[str, Any]:
     input), writes no per-line scores, and rewrites results.json, matrix.csv and report.md.
     Raises ValueError when no row names a learned task.
     """
-    run_dir = Path(run_dir)
-    results = load_results(run_dir)
+    run_dir, results = _open_run(run_dir)
     task_names: list[str] = results["tasks"]
-    for task in task_names:
-        check_name(task, f"{run_dir / RESULTS_FILE}: task name")
     learned = [_learned_task(label, task_names) for label in row_labels(results)]
     if all(k is None for k in learned):
         raise ValueError(
