@@ -12,6 +12,8 @@
 # A variant of a method is written VARIANT:METHOD (its runs are named VARIANT and grouped apart),
 # e.g. "mage-ew:mage" with MMCL_SET_mage_ew="method.gating=false method.aggregation=false".
 # At the end: mmcl compare (the table of docs/results-*.md), and mmcl compare --protocol msvqa for an MSVQA stream.
+# INTRUSION=1 adds the intrusion track (mmcl rescore RUN --intrusion) to every finished sequential run
+# before it is kept, and an intrusion column to the final table.
 #
 # KEEP_DIR=results/<table> keeps each finished run's results.json, config.yaml and matrix.csv in a
 # folder that is committed (OUT_DIR, with its checkpoints and predictions, is not), skips a run
@@ -67,6 +69,9 @@ one() {  # method[:base method] seed
     mmcl run "${configs[@]}" "${layer[@]}" --set method.name="$method" --set seed="$2" --set train.num_threads=1 \
       "${named[@]}" "${extra[@]}" --output "$dir" "${resume[@]}" > "$dir.log" 2>&1 || { echo "FAILED: $1 seed $2 (see $dir.log)"; return 0; }
   fi
+  if [ "${INTRUSION:-0}" = 1 ] && [[ ! $method =~ ^(joint|zero-shot)$ ]]; then  # those two learn no stages
+    mmcl rescore "$dir" --intrusion >> "$dir.log" 2>&1 || { echo "FAILED: intrusion of $1 seed $2 (see $dir.log)"; return 0; }
+  fi
   if [ -n "$kept" ]; then
     mkdir -p "$kept" && cp "$dir/results.json" "$dir/config.yaml" "$dir/matrix.csv" "$kept/"
     rm -f "$parked"
@@ -81,8 +86,9 @@ for job in "${jobs_list[@]}"; do
   one $job &
 done
 wait
-runs=${KEEP_DIR:-$out}; cmp="$runs/compare"
-mmcl compare "$runs"/*-s*/ -o "$cmp"
+runs=${KEEP_DIR:-$out}; cmp="$runs/compare"; also=()
+[ "${INTRUSION:-0}" = 1 ] && also=(--also intrusion)
+mmcl compare "$runs"/*-s*/ "${also[@]}" -o "$cmp"
 # the benchmark as the runs resolved it (their config.yaml), so a layer such as configs/caption.yaml counts too
 bench=$(sed -n '/^benchmark:/,/^[^ ]/s/^  name: //p' "$runs"/*-s*/config.yaml | sort -u)
 if grep -q "^continual-next" <<< "$bench"; then  # Avg.ACC, Forgetting, New.ACC, Avg.HAL/IUF/OTH, transfer

@@ -114,3 +114,46 @@ def test_bad_inputs(runs: list[Path], tmp_path: Path) -> None:
         compare_runs(runs, scorer="vqa_score")
     with pytest.raises(ValueError, match="at least one"):
         compare_runs([])
+
+
+def _add_track(run: Path, track: str, rows: list[list[float | None]]) -> None:
+    path = run / "results.json"
+    results = json.loads(path.read_text())
+    results["matrix"][track] = rows
+    path.write_text(json.dumps(results))
+
+
+def test_also_adds_a_metric_of_another_track(runs: list[Path], tmp_path: Path) -> None:
+    # Seeds 0 and 1 of lora-ft have a drift track (last row means 0.7 and 0.9); seed 2 and replay do not.
+    _add_track(runs[0], "drift_probe", [[0.9, 0.9], [0.6, 0.8]])
+    _add_track(runs[1], "drift_probe", [[0.9, 0.9], [0.8, 1.0]])
+    table = compare_runs(runs, also=["drift_probe", "drift_probe:forgetting", "drift_probe"])
+    assert [c.label for c in table.extra] == ["drift_probe last", "drift_probe forgetting"]
+    ft, replay = table.rows
+    assert ft.extra["drift_probe last"].mean == pytest.approx(0.8)
+    assert ft.extra["drift_probe last"].std == pytest.approx(0.1414, abs=1e-3)
+    assert ft.extra["drift_probe last"].n == 2
+    assert ft.extra["drift_probe forgetting"].mean == pytest.approx(0.2)  # 0.9 - 0.6 and 0.9 - 0.8 on task a
+    assert replay.extra["drift_probe last"].mean is None
+    # The primary columns are unchanged by the extra ones.
+    assert ft.metrics["last"].mean == pytest.approx(0.6)
+
+    md = render_markdown(table)
+    assert "| forgetting | drift_probe last | drift_probe forgetting | trainable params |" in md
+    assert "| 80.0 ± 14.1 (n=2) | 20.0 ± 14.1 (n=2) | 1,000 |" in md
+    assert "| – | – | 1,000 | 20.0 |" in md  # replay: no drift track
+    assert "`drift_probe last` = the last of the `drift_probe` track" in md
+
+    out = tmp_path / "cmp"
+    compare_runs(runs, out_dir=out, also=["drift_probe"])
+    data = json.loads((out / "compare.json").read_text())
+    assert data["extra_columns"] == [{"track": "drift_probe", "metric": "last"}]
+    assert data["rows"][0]["extra"]["drift_probe last"]["n"] == 2
+
+
+def test_also_rejects_bad_specs_and_unknown_tracks(runs: list[Path]) -> None:
+    for bad in ("drift_probe:best", ":last", ""):
+        with pytest.raises(ValueError, match="TRACK or TRACK:METRIC"):
+            compare_runs(runs, also=[bad])
+    with pytest.raises(ValueError, match="none of the 4 runs has a 'intrusion' track"):
+        compare_runs(runs, also=["intrusion"])

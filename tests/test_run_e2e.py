@@ -135,3 +135,11 @@ def test_cli_intrusion_on_a_real_run(lora_run: tuple[Path, dict], tmp_path: Path
     assert data["metrics"]["intrusion"]["mft"] is None  # not a score: last and average only
     res = cli.invoke(app, ["compare", str(out), "--scorer", "intrusion", "--output", str(tmp_path / "cmp")])
     assert res.exit_code == 0, res.output
+    # The same track as a column beside the primary metrics, and a track the run does not have.
+    res = cli.invoke(app, ["compare", str(out), "--also", "intrusion", "--output", str(tmp_path / "cmp2")])
+    assert res.exit_code == 0, res.output
+    row = json.loads((tmp_path / "cmp2" / "compare.json").read_text())["rows"][0]
+    assert row["extra"]["intrusion last"]["mean"] == pytest.approx(data["metrics"]["intrusion"]["last"])
+    assert row["metrics"]["last"]["mean"] == pytest.approx(data["metrics"]["primary"]["last"])
+    res = cli.invoke(app, ["compare", str(out), "--also", "drift_probe"])
+    assert res.exit_code != 0 and "has a 'drift_probe' track" in res.output

@@ -16,8 +16,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _script(*args: str, keep: Path | None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+def _script(*args: str, keep: Path | None, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra_env)
     env.pop("KEEP_DIR", None)
     if keep is not None:
         env["KEEP_DIR"] = str(keep)
@@ -76,6 +76,16 @@ def test_a_table_across_sessions(small_config: Path, tmp_path: Path) -> None:
     _table(out, keep, small_config)
     assert not list(out.glob("*-s*")), "a kept run was run again"
     assert (keep / "zero-shot-s1" / "results.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow  # ~25 s: one short sequential run and one zero-shot run
+def test_intrusion_is_added_before_a_run_is_kept(small_config: Path, tmp_path: Path) -> None:
+    out, keep = tmp_path / "runs", tmp_path / "results"
+    _script(str(out), "lora-ft zero-shot", "0", str(small_config), keep=keep, INTRUSION="1", JOBS="1")
+    lora = json.loads((keep / "lora-ft-s0" / "results.json").read_text())
+    assert len(lora["matrix"]["intrusion"]) == 2 and lora["metrics"]["intrusion"]["last"] is not None
+    assert "intrusion" not in json.loads((keep / "zero-shot-s0" / "results.json").read_text())["matrix"]
+    assert "| intrusion last |" in (keep / "compare" / "compare.md").read_text()
 
 
 @pytest.mark.parametrize("jobs", ["0", "two", "-1"])

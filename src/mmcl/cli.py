@@ -337,6 +337,7 @@ def compare(
     scorer: Annotated[str, typer.Option(help="Track to compare (default: each task's primary scorer).")] = "primary",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write compare.md and compare.json here.")] = None,
     protocol: Annotated[str | None, typer.Option(help="Instead: a benchmark protocol's summary (`mmcl list` shows the protocols, e.g. per-scenario VQA/F1 or the Continual-NExT metrics); writes protocol-<name>.md/.json with -o.")] = None,
+    also: Annotated[list[str] | None, typer.Option("--also", help="Add a column: TRACK or TRACK:METRIC (metric last unless named), e.g. --also drift_probe --also intrusion --also vqa_score:forgetting. Repeatable.")] = None,
 ) -> None:
     """Side-by-side table of runs (seeds of the same config grouped as mean ± std)."""
     from mmcl.report import compare as cmp
@@ -355,7 +356,7 @@ def compare(
             console.print(f"wrote {' and '.join(str(f) for f in compared.files)}")
         return
     try:
-        table = cmp.compare_runs(run_dirs, scorer=scorer)
+        table = cmp.compare_runs(run_dirs, scorer=scorer, also=also or ())
     except (ValueError, OSError) as e:
         _fail(str(e))
     out.print(cmp.render_rich(table))

@@ -6,6 +6,9 @@ Seeds of one configuration must therefore share the run name (do not put the see
 different names. When config.yaml is present, a group whose configs differ in anything
 but ``seed`` and ``output`` gets a note naming the differing keys.
 
+Extra columns (``mmcl compare --also TRACK[:METRIC]``) put one metric of another track beside
+the main one, e.g. ``--also drift_probe --also intrusion`` (docs/metrics.md#compare-columns).
+
 Scores are [0, 1] in ``compare.json`` and ×100 with one decimal in the rendered tables;
 std is the sample std over seeds (:func:`mmcl.metrics.summarize_seeds`).
 """
@@ -64,6 +67,29 @@ _SHORT_HEADERS = {
 _IGNORED_CONFIG_KEYS = ("seed", "output")
 
 
+@dataclass(frozen=True)
+class ExtraColumn:
+    """One ``--also`` column: a metric of another matrix track (``last`` unless named)."""
+
+    track: str
+    metric: str = "last"
+
+    @property
+    def label(self) -> str:
+        return f"{self.track} {self.metric}"
+
+    @classmethod
+    def parse(cls, spec: str) -> ExtraColumn:
+        """``TRACK`` or ``TRACK:METRIC``; raises ValueError naming the spec for a bad one."""
+        track, _, metric = spec.partition(":")
+        metric = metric or "last"
+        if not track or metric not in METRIC_KEYS:
+            raise ValueError(
+                f"--also {spec!r}: expected TRACK or TRACK:METRIC with METRIC one of {', '.join(METRIC_KEYS)}"
+            )
+        return cls(track, metric)
+
+
 @dataclass
 class Stat:
     """Mean and sample std of one value over a group's seeds; ``n`` = seeds that had a value."""
@@ -93,6 +119,7 @@ class ComparisonRow:
     metrics: dict[str, Stat]
     trainable_params: Stat
     train_seconds: Stat
+    extra: dict[str, Stat] = field(default_factory=dict)
 
     @property
     def n_seeds(self) -> int:
@@ -106,6 +133,7 @@ class ComparisonTable:
     scorer: str
     rows: list[ComparisonRow]
     notes: list[str] = field(default_factory=list)
+    extra: list[ExtraColumn] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (scores in [0, 1]); the content of compare.json."""
@@ -114,6 +142,7 @@ class ComparisonTable:
             "mmcl_version": __version__,
             "scorer": self.scorer,
             "group_key": list(GROUP_KEY),
+            "extra_columns": [{"track": c.track, "metric": c.metric} for c in self.extra],
             "rows": [
                 {
                     "name": r.name,
@@ -125,6 +154,7 @@ class ComparisonTable:
                     "metrics": {k: v.to_dict() for k, v in r.metrics.items()},
                     "trainable_params": r.trainable_params.to_dict(),
                     "train_seconds": r.train_seconds.to_dict(),
+                    "extra": {k: v.to_dict() for k, v in r.extra.items()},
                 }
                 for r in self.rows
             ],
@@ -196,20 +226,40 @@ def group_notes(key: tuple[str, str, str], members: list[tuple[Path, dict[str, A
     return notes
 
 
+def _extra_stats(columns: Sequence[ExtraColumn], members: list[tuple[Path, dict[str, Any]]]) -> dict[str, Stat]:
+    """Each extra column over a group's seeds; a run without that track counts as a missing seed."""
+    out = {}
+    for c in columns:
+        values = [track_metrics(r, c.track)[c.metric] if c.track in r["matrix"] else None for _, r in members]
+        out[c.label] = Stat.of(values)
+    return out
+
+
 def compare_runs(
-    run_dirs: Sequence[str | Path], scorer: str = "primary", out_dir: str | Path | None = None
+    run_dirs: Sequence[str | Path],
+    scorer: str = "primary",
+    out_dir: str | Path | None = None,
+    also: Sequence[str] = (),
 ) -> ComparisonTable:
     """Group runs by ``(name, method, benchmark)`` and summarise each metric as mean ± std over seeds.
 
     ``scorer`` picks the matrix track (``"primary"`` or a scorer name); metrics are
     recomputed from each run's matrix with :func:`mmcl.report.results.track_metrics`.
+    ``also`` adds columns ``TRACK[:METRIC]`` (:class:`ExtraColumn`) from other tracks; a run
+    without such a track leaves that seed out of the column (shown as ``(n=k)``).
     Groups keep the order in which their first run is given. With ``out_dir``, also
     writes compare.md and compare.json there. Raises ``ResultsError`` for a bad run
-    directory or a run without that track, ValueError for an empty list.
+    directory or a run without the ``scorer`` track, ValueError for an empty list, a bad
+    ``also`` spec, or an ``also`` track that no run has.
     """
+    columns = list(dict.fromkeys(ExtraColumn.parse(spec) for spec in also))
+    groups = group_runs(run_dirs)
+    for c in columns:
+        if not any(c.track in r["matrix"] for members in groups.values() for _, r in members):
+            raise ValueError(f"--also {c.track!r}: none of the {len(run_dirs)} runs has a {c.track!r} track")
     rows: list[ComparisonRow] = []
     notes: list[str] = []
-    for (name, method, benchmark), members in group_runs(run_dirs).items():
+    for (name, method, benchmark), members in groups.items():
         per_run = [track_metrics(r, scorer) for _, r in members]
         costs = [r.get("cost") or {} for _, r in members]
         seeds = [r["seed"] for _, r in members]
@@ -223,10 +273,11 @@ def compare_runs(
                 metrics={k: Stat.of([m.get(k) for m in per_run]) for k in METRIC_KEYS},
                 trainable_params=Stat.of([c.get("trainable_params") for c in costs]),
                 train_seconds=Stat.of([c.get("train_seconds") for c in costs]),
+                extra=_extra_stats(columns, members),
             )
         )
         notes += group_notes((name, method, benchmark), members)
-    table = ComparisonTable(scorer=scorer, rows=rows, notes=notes)
+    table = ComparisonTable(scorer=scorer, rows=rows, notes=notes, extra=columns)
     if out_dir is not None:
         write_comparison(table, out_dir)
     return table
@@ -253,23 +304,32 @@ def _cells(row: ComparisonRow) -> list[str]:
         row.benchmark,
         str(n),
         *(fmt_stat(row.metrics[k], n) for k in METRIC_KEYS),
+        *(fmt_stat(v, n) for v in row.extra.values()),
         fmt_stat(row.trainable_params, n, scale=1.0, fmt=",.0f", hide_zero_std=True),
         fmt_stat(row.train_seconds, n, scale=1.0),
     ]
 
 
 def _legend(table: ComparisonTable) -> str:
+    also = "".join(f" `{c.label}` = the {c.metric} of the `{c.track}` track." for c in table.extra)
     return (
-        f"Track `{table.scorer}`. Scores ×100, mean ± sample std over seeds "
+        f"Track `{table.scorer}`.{also} Scores ×100, mean ± sample std over seeds "
         "(no ± for a single seed, nor for a parameter count equal across seeds; "
         "(n=k) when only k seeds have a value). "
         f"Runs grouped by {' + '.join(GROUP_KEY)}."
     )
 
 
+def _headers(table: ComparisonTable, names: dict[str, str]) -> list[str]:
+    """Column headers: the fixed columns with the ``--also`` columns before the cost columns."""
+    fixed = [names[c] for c in COLUMNS]
+    k = COLUMNS.index("trainable_params")
+    return [*fixed[:k], *(c.label for c in table.extra), *fixed[k:]]
+
+
 def render_markdown(table: ComparisonTable) -> str:
     """The comparison as a Markdown document (table, legend, notes)."""
-    header = [_HEADERS[c] for c in COLUMNS]
+    header = _headers(table, _HEADERS)
     lines = [
         f"# Comparison ({table.scorer})",
         "",
@@ -289,9 +349,9 @@ def render_markdown(table: ComparisonTable) -> str:
 def render_rich(table: ComparisonTable) -> Table:
     """The comparison as a ``rich`` table for the terminal (legend and notes in the caption)."""
     out = Table(title=f"Comparison ({table.scorer})", caption="\n".join([_legend(table), *table.notes]))
-    for i, c in enumerate(COLUMNS):
+    for i, c in enumerate(_headers(table, _SHORT_HEADERS)):
         # Text columns fold rather than vanish on a narrow terminal; numbers wrap at " ± ".
-        out.add_column(_SHORT_HEADERS[c], justify="left" if i < 3 else "right", min_width=4, overflow="fold")
+        out.add_column(c, justify="left" if i < 3 else "right", min_width=4, overflow="fold")
     for row in table.rows:
         out.add_row(*_cells(row))
     return out
