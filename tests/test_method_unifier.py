@@ -65,8 +65,16 @@ def test_only_the_active_branch_and_the_projections_train(tiny_llava_dir: Path) 
         assert any(part in n for n in moved), f"nothing matching {part} trained"
 
 
+def test_the_default_is_the_papers_vision_only_form(tiny_llava_dir: Path) -> None:
+    method = make(tiny_llava_dir)
+    assert method.options.lm_lora is False
+    assert not any("lora_" in n for n, _ in method.model.named_parameters())  # no language-model LoRA at all
+    quad = build_test_method(tiny_llava_dir, "unifier-quad", ORDER, setup=False)
+    assert quad.options.lm_lora is True  # QUAD's side needs the language model's LoRA
+
+
 def test_with_lm_lora_the_language_model_lora_trains_too(tiny_llava_dir: Path) -> None:
-    method = make(tiny_llava_dir)  # lm_lora on (the default)
+    method = make(tiny_llava_dir, "method.lm_lora=true")
     before = snapshot(method)
     train_stage(method, 0)
     moved = changed(before, method)

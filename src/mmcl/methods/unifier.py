@@ -32,9 +32,9 @@ Choices where the sources are silent (all options below): the direction of each 
 prototype / the old model is the target); the prototype is detached; branches see the block's
 hidden state before ``norm2``; the branch key of a task is its scenario (a task without one is
 its own scenario), branches numbered in order of first appearance in the stream; the language
-model optionally gets one shared LoRA trained through the whole stream (``lm_lora``; off = the
-faithful vision-only UNIFIER, on = pragmatic, since a frozen language model must then answer new
-question types from changed visual features alone).
+model optionally gets one shared LoRA trained through the whole stream (``lm_lora``; off, the
+default, = the faithful vision-only UNIFIER; on = the references' pragmatic option B, which a
+base that has never seen the stream's question types needs: docs/unifier-quad.md#defaults).
 
 Both parts are :class:`UnifierVision`, a part the method holds and calls from its hooks
 (``unifier-quad`` holds the same part beside QUAD's question replay).
@@ -72,7 +72,8 @@ class UnifierOptions(MethodOptions):
     tau: float = Field(1.0, gt=0.0, description="Temperature of the VCC's softened KL terms.")
     projector_term: bool = Field(True, description="Include L_p (P's output vs the previous step's).")
     detach_prototype: bool = Field(True, description="Treat the prototype as a fixed target.")
-    lm_lora: bool = Field(True, description="Also train one shared LoRA on the language model.")
+    lm_lora: bool = Field(
+        False, description="Also train one shared LoRA on the language model (off: the paper's vision-only form).")
     branches_off_track: bool = Field(
         False, description="Also answer every test set with the branches switched off: tracks branches_off "
                            "(its score) and branches_off_changed (share of answers that change); doubles evaluation.")

@@ -17,7 +17,7 @@ The method holds both parts and calls them from its hooks (composition, not inhe
 The previous step's model is the teacher adapter AND the teacher copy of the branches: QUAD's
 teacher forwards run with the frozen branches of the start of the stage, so the distillation
 target is the whole previous model, not a hybrid. All options of both methods apply
-(``lm_lora`` must stay true: QUAD distils the language model's LoRA).
+(``lm_lora`` is true here and must stay so: QUAD distils the language model's LoRA).
 
 Distributed: ``ddp`` only (both parts are).
 """
@@ -28,7 +28,7 @@ import contextlib
 from typing import Any
 
 import torch
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from mmcl.data.sample import Task
 from mmcl.methods.base import METHODS, RunContext
@@ -38,7 +38,9 @@ from mmcl.methods.unifier import BRANCHES_OFF_TRACKS, UnifierOptions, UnifierVis
 
 
 class UnifierQuadOptions(UnifierOptions, QuadOptions):
-    """Every option of ``unifier`` and of ``quad``."""
+    """Every option of ``unifier`` and of ``quad`` (``lm_lora`` on: QUAD needs the language model's LoRA)."""
+
+    lm_lora: bool = Field(True, description="Must stay true: QUAD's replay distils the language model's LoRA.")
 
     @model_validator(mode="after")
     def _needs_lm_lora(self) -> UnifierQuadOptions:
