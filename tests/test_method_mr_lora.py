@@ -66,6 +66,9 @@ def test_router_prompt_lists_experts_by_letter() -> None:
     assert "A: Remote sensing; B: Medical images" in p and "Question: How many cars?" in p
     with pytest.raises(ValueError, match="at most"):
         router_prompt("q", ["x"] * (len(LETTERS) + 1))
+    # expert_text: letters lists the letters alone: 20 experts stay short
+    p = router_prompt("How many cars?", [""] * 20)
+    assert "Experts: A; B; C;" in p and "; T. Question: How many cars?" in p
 
 
 def test_training_an_expert_changes_no_other_expert(tiny_llava_dir: Path) -> None:
@@ -195,3 +198,18 @@ def test_text_only_router_reads_the_question_without_the_image(tiny_llava_dir: P
     res = run_quick(tiny_llava_dir, tmp_path / "run", "method.name=mr-lora", "method.router_input=text", *TRAIN)
     acc = res["matrix"]["router_accuracy"]
     assert all(0.0 <= v <= 1.0 for v in acc[-1])  # routed without images, at every stage
+
+
+def test_letters_only_prompt_for_many_experts(tiny_llava_dir: Path) -> None:
+    """expert_text: letters gives the router the letters alone; its data still label each task's expert."""
+    method = _method(tiny_llava_dir, "method.expert_text=letters")
+    train_stage(method, 0)
+    train_stage(method, 1)
+    (call,) = method.router_calls
+    questions = {s.question.split(" Question: ")[0] for s in call["samples"]}
+    assert questions == {"Experts: A; B."}
+    assert {s.answers[0] for s in call["samples"]} == {"A", "B"}
+    named = _method(tiny_llava_dir, "method.expert_text=name")
+    train_stage(named, 0)
+    train_stage(named, 1)
+    assert all(named.experts[0] in s.question for s in named.router_calls[0]["samples"])

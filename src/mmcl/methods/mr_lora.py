@@ -13,7 +13,8 @@ stage ``t`` it is trained, through the shared training loop (``ctx.train_extra``
 stored set of training samples of every task seen so far (``router_samples_per_task``, default 20
 as in the official ``*_train20.json`` files; stored as sample ids), to answer with the letter of
 the task's expert from a prompt that lists the experts and their descriptions (``task.description``,
-else the task name) followed by the question (:func:`router_prompt`), with the sample's image;
+else the task name; ``expert_text: letters`` lists the letters only, for streams whose many experts
+would not fit the model's context) followed by the question (:func:`router_prompt`), with the sample's image;
 ``router_input: text`` gives the same router the question only (a control: how much of routing the
 image decides). There is no router while
 only one expert exists (as in the official schedule). ``router_reinit`` (default true) starts the
@@ -79,8 +80,10 @@ class MRLoRAOptions(MethodOptions):
     router_lr: float | None = Field(None, gt=0, description="router learning rate (None = train.lr)")
     router_reinit: bool = Field(True, description="a fresh router adapter at each stage (false: keep training it)")
     router_max_new_tokens: int = Field(4, ge=1, description="tokens the router may generate (official: 16)")
-    expert_text: Literal["description", "name"] = Field(
-        "description", description="what the prompt says of each expert: task.description or the task name"
+    expert_text: Literal["description", "name", "letters"] = Field(
+        "description",
+        description="what the prompt says of each expert: task.description, the task name, or nothing (letters "
+                    "only: the router learns what each letter means from its data; for many experts)",
     )
     prompt_template: str = Field(DEFAULT_TEMPLATE, description="router prompt with {experts} and {question}")
     train_projector: bool = Field(True, description="each expert (and the router) owns a copy of the projector")
@@ -94,10 +97,10 @@ def expert_name(k: int) -> str:
 
 
 def router_prompt(question: str, experts: Sequence[str], template: str = DEFAULT_TEMPLATE) -> str:
-    """The router's question: ``experts[k]`` is listed under letter ``LETTERS[k]``."""
+    """The router's question: ``experts[k]`` is listed under letter ``LETTERS[k]`` (an empty text: the letter alone)."""
     if len(experts) > len(LETTERS):
         raise ValueError(f"a router prompt lists at most {len(LETTERS)} experts, got {len(experts)}")
-    listed = "; ".join(f"{LETTERS[k]}: {text.rstrip('.')}" for k, text in enumerate(experts))
+    listed = "; ".join(f"{LETTERS[k]}: {text.rstrip('.')}" if text else LETTERS[k] for k, text in enumerate(experts))
     return template.format(experts=listed, question=question.strip())
 
 
@@ -210,6 +213,8 @@ class MRLoRA(Method):
         tasks = {t.name: t for t in self.ctx.benchmark.tasks}
         if self.opts.expert_text == "name":
             return list(self.experts)
+        if self.opts.expert_text == "letters":
+            return [""] * len(self.experts)
         return [tasks[name].description or name for name in self.experts]
 
     def router_samples(self, samples: Sequence[Sample], answers: Sequence[int] | None = None) -> list[Sample]:
