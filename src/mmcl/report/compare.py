@@ -227,12 +227,13 @@ def group_notes(key: tuple[str, str, str], members: list[tuple[Path, dict[str, A
 
 
 def _extra_stats(columns: Sequence[ExtraColumn], members: list[tuple[Path, dict[str, Any]]]) -> dict[str, Stat]:
-    """Each extra column over a group's seeds; a run without that track counts as a missing seed."""
-    out = {}
-    for c in columns:
-        values = [track_metrics(r, c.track)[c.metric] if c.track in r["matrix"] else None for _, r in members]
-        out[c.label] = Stat.of(values)
-    return out
+    """Each extra column over a group's seeds; a run without that track counts as a missing seed.
+    Each track's metrics are computed once per run, however many of its metrics are columns."""
+    per_track = {
+        track: [track_metrics(r, track) if track in r["matrix"] else {} for _, r in members]
+        for track in {c.track for c in columns}
+    }
+    return {c.label: Stat.of([m.get(c.metric) for m in per_track[c.track]]) for c in columns}
 
 
 def compare_runs(
