@@ -121,3 +121,45 @@ def test_a_model_without_image_features_is_refused(tmp_path, monkeypatch) -> Non
     with pytest.raises(ValueError, match="eval.drift_probe=false"):
         mmcl.runner.Runner(cfg, output_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_routed_row_is_probed_through_its_own_adapter(llava_and_task) -> None:
+    """mr-lora-style experts, each with its own projector copy: a row that names the adapter that
+    answered it is probed through that adapter, and the active adapter and grads come back after."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from mmcl.eval.drift import DriftTrack
+    from mmcl.methods.mr_lora import projector_linears
+
+    bundle, task = llava_and_task
+    base = copy.deepcopy(bundle.model)
+    linears = projector_linears(base, bundle.family.projector)
+    cfg = dict(r=4, lora_alpha=8, target_modules=["q_proj"], modules_to_save=linears)
+    model = get_peft_model(base, LoraConfig(**cfg), adapter_name="e0")
+    model.add_adapter("e1", LoraConfig(**cfg))
+    with torch.no_grad():  # expert e1's projector copy scrambled: heavy drift, e0's is the base's
+        for n, p in model.named_parameters():
+            if ".modules_to_save.e1." in n:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * p.std())
+    model.set_adapter("e1")  # the last expert is the active one, as after mr-lora's after_task
+    grads = {n: p.requires_grad for n, p in model.named_parameters()}
+    track = DriftTrack()
+    track.fit(bundle.model, bundle.processor, [task])
+
+    def accuracy(adapter: str | None) -> float:
+        rows = [{} if adapter is None else {"adapter": adapter} for _ in task.test]
+        return track.mark(model, bundle.processor, task, rows)
+
+    own, scrambled, active = accuracy("e0"), accuracy("e1"), accuracy(None)
+    assert own >= 0.7 and scrambled < own - 0.2  # measured 92.5 / 32.5 on these items
+    assert active == scrambled  # no adapter named: the active one (e1) is read
+    half = [{"adapter": "e0" if i % 2 else "e1"} for i in range(len(task.test))]
+    track.mark(model, bundle.processor, task, half)
+    e0_rows = [r["tracks"]["drift_probe"] for i, r in enumerate(half) if i % 2 and r["tracks"]["drift_probe"] is not None]
+    assert sum(e0_rows) / len(e0_rows) >= 0.7  # a mixed task: each row through its own adapter
+    assert model.active_adapters == ["e1"]
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
+    with pytest.raises(ValueError, match="adapter 'e9' is not on the model"):
+        accuracy("e9")

@@ -170,6 +170,32 @@ def test_run_reports_router_accuracy_and_oracle_tracks(tiny_llava_dir: Path, tmp
     assert set(first["tracks"]) == {"router_accuracy", "router_fallback", "oracle"}
 
 
+@pytest.mark.slow  # an end-to-end run: CI's full suite, not the inner loop
+def test_drift_reads_each_row_through_the_expert_that_answered_it(tiny_llava_dir: Path, tmp_path: Path) -> None:
+    """An expert (and its projector copy) never changes after its stage, so a row of task 1 answered
+    by expert 0 after a later stage gets the same drift mark as after stage 1: it is read through
+    expert 0, not through the expert trained last (the active one)."""
+    import json
+
+    res = run_quick(tiny_llava_dir, tmp_path / "run", "method.name=mr-lora", "eval.drift_probe=true", *TRAIN)
+    first_task = res["tasks"][0]
+
+    def rows(stage: int) -> list[dict[str, Any]]:
+        path = tmp_path / "run" / "predictions" / f"stage-{stage:02d}" / f"{first_task}.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    after_first = rows(1)
+    compared = 0
+    for stage in range(2, len(res["tasks"]) + 1):
+        for before, now in zip(after_first, rows(stage), strict=True):
+            if now["adapter"] == expert_name(0) and now["tracks"]["drift_probe"] is not None:
+                assert now["tracks"]["drift_probe"] == before["tracks"]["drift_probe"]
+                compared += 1
+    assert compared >= 4  # 8 rows on this seed
+    # the later experts' projector copies moved: read through the last expert, the cell would differ
+    assert any(v != res["matrix"]["drift_probe"][0][0] for v in res["matrix"]["drift_probe"][-1][1:] if v is not None)
+
+
 def test_model_train_projector_is_refused(tiny_llava_dir: Path) -> None:
     with pytest.raises(ValueError, match="method.train_projector"):
         build_test_method(tiny_llava_dir, "mr-lora", "model.train_projector=true", setup=False)

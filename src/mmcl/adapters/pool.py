@@ -12,7 +12,8 @@ grads of the active ones), so freezing must come after activating.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -54,3 +55,22 @@ def adapter_parameters(model: torch.nn.Module, adapter: str) -> list[tuple[str, 
     """Every parameter of ``adapter`` (LoRA matrices and ``modules_to_save`` copies), by full name."""
     pattern = re.compile(rf"\.{re.escape(adapter)}(\.|$)")
     return [(n, p) for n, p in model.named_parameters() if pattern.search(n)]
+
+
+@contextmanager
+def adapter_in_use(model: torch.nn.Module, adapter: str) -> Iterator[None]:
+    """``adapter`` alone active inside the block (e.g. to read image features through the expert a
+    sample was routed to), then the adapters active before and every ``requires_grad`` flag restored.
+    ``model`` is a ``PeftModel``; an unknown adapter is a ValueError naming the ones there are."""
+    names = list(getattr(model, "peft_config", {}) or {})
+    if adapter not in names:
+        raise ValueError(f"adapter {adapter!r} is not on the model (adapters: {', '.join(names) or 'none'})")
+    before = list(model.base_model.active_adapters)
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    model.base_model.set_adapter(adapter)
+    try:
+        yield
+    finally:
+        model.base_model.set_adapter(before if len(before) > 1 else before[0])
+        for p, g in grads:
+            p.requires_grad_(g)

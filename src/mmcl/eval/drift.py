@@ -16,11 +16,13 @@ separate the categories *the way the base did*, not whether some probe could be 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from mmcl.adapters.pool import adapter_in_use
 from mmcl.data.sample import Sample
 from mmcl.train.feature_cache import inner_model
 
@@ -106,8 +108,8 @@ def supports_drift(model: Any) -> bool:
 def image_features(model: Any, processor: Any, samples: Sequence[Sample], batch_size: int = 32) -> torch.Tensor:
     """``[N, hidden]``: per sample, the mean over image tokens of what the language model receives.
 
-    Read through ``get_image_features`` with whatever adapters and vision branches are active now
-    (no per-sample routing), in eval mode, as float32 on the CPU.
+    Read through ``get_image_features`` with whatever adapters and vision branches are active now,
+    in eval mode, as float32 on the CPU (:meth:`DriftTrack.mark` activates a routed sample's adapter).
     """
     inner = inner_model(model)
     if inner is None:
@@ -126,6 +128,14 @@ def image_features(model: Any, processor: Any, samples: Sequence[Sample], batch_
     finally:
         inner.train(was_training)
     return torch.stack(rows) if rows else torch.zeros(0, 0)
+
+
+def _by_adapter(rows: Sequence[dict[str, Any]], keep: Sequence[int]) -> dict[str | None, list[int]]:
+    """The indices ``keep`` grouped by the adapter their row was answered with (None: no routing)."""
+    groups: dict[str | None, list[int]] = {}
+    for i in keep:
+        groups.setdefault(rows[i].get("adapter"), []).append(i)
+    return groups
 
 
 class DriftTrack:
@@ -151,14 +161,22 @@ class DriftTrack:
                 self.probes[task.name] = LinearProbe.fit(image_features(model, processor, samples, batch_size), labels)
 
     def mark(self, model: Any, processor: Any, task: Any, rows: list[dict[str, Any]], batch_size: int = 32) -> float | None:
-        """Write each row's ``tracks[DRIFT_TRACK]`` for ``task`` (rows in ``task.test`` order); returns the accuracy."""
+        """Write each row's ``tracks[DRIFT_TRACK]`` for ``task`` (rows in ``task.test`` order); returns the accuracy.
+
+        A row that names the ``adapter`` it was answered with (a routing method, e.g. ``mr-lora``) has its
+        features read through that adapter alone, so each sample is probed through the expert (and
+        projector copy) that answered it, not through whichever adapter happens to be active.
+        """
         probe = self.probes.get(task.name)
         if probe is None:
             return None
         labels = [probe_label(s) for s in task.test]
         keep = [i for i, lab in enumerate(labels) if lab is not None]
-        predicted = probe.predict(image_features(model, processor, [task.test[i] for i in keep], batch_size)) if keep else []
-        hits = dict(zip(keep, (p == labels[i] for i, p in zip(keep, predicted, strict=True)), strict=True))
+        hits: dict[int, bool] = {}
+        for adapter, idx in _by_adapter(rows, keep).items():
+            with adapter_in_use(model, adapter) if adapter is not None else nullcontext():
+                predicted = probe.predict(image_features(model, processor, [task.test[i] for i in idx], batch_size))
+            hits.update(zip(idx, (p == labels[i] for i, p in zip(idx, predicted, strict=True)), strict=True))
         for i, row in enumerate(rows):
             row.setdefault("tracks", {})[DRIFT_TRACK] = float(hits[i]) if i in hits else None
         return sum(hits.values()) / len(hits) if hits else None
