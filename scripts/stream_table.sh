@@ -14,6 +14,8 @@
 # At the end: mmcl compare (the table of docs/results-*.md), and mmcl compare --protocol msvqa for an MSVQA stream.
 # INTRUSION=1 adds the intrusion track (mmcl rescore RUN --intrusion) to every finished sequential run
 # before it is kept, and an intrusion column to the final table.
+# ALSO="vqa_score drift_probe" adds those tracks' last scores as columns of the final table
+# (mmcl compare --also TRACK[:METRIC] each), e.g. the README's generalist table.
 #
 # KEEP_DIR=results/<table> keeps each finished run's results.json, config.yaml and matrix.csv in a
 # folder that is committed (OUT_DIR, with its checkpoints and predictions, is not), skips a run
@@ -87,7 +89,8 @@ for job in "${jobs_list[@]}"; do
 done
 wait
 runs=${KEEP_DIR:-$out}; cmp="$runs/compare"; also=()
-[ "${INTRUSION:-0}" = 1 ] && also=(--also intrusion)
+for track in ${ALSO:-}; do also+=(--also "$track"); done
+[ "${INTRUSION:-0}" = 1 ] && also+=(--also intrusion)
 mmcl compare "$runs"/*-s*/ "${also[@]}" -o "$cmp"
 # the benchmark as the runs resolved it (their config.yaml), so a layer such as configs/caption.yaml counts too
 bench=$(sed -n '/^benchmark:/,/^[^ ]/s/^  name: //p' "$runs"/*-s*/config.yaml | sort -u)

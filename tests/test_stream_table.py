@@ -81,11 +81,13 @@ def test_a_table_across_sessions(small_config: Path, tmp_path: Path) -> None:
 @pytest.mark.slow  # ~25 s: one short sequential run and one zero-shot run
 def test_intrusion_is_added_before_a_run_is_kept(small_config: Path, tmp_path: Path) -> None:
     out, keep = tmp_path / "runs", tmp_path / "results"
-    _script(str(out), "lora-ft zero-shot", "0", str(small_config), keep=keep, INTRUSION="1", JOBS="1")
+    _script(str(out), "lora-ft zero-shot", "0", str(small_config), keep=keep, INTRUSION="1", JOBS="1",
+            ALSO="vqa_score exact_match:average")
     lora = json.loads((keep / "lora-ft-s0" / "results.json").read_text())
     assert len(lora["matrix"]["intrusion"]) == 2 and lora["metrics"]["intrusion"]["last"] is not None
     assert "intrusion" not in json.loads((keep / "zero-shot-s0" / "results.json").read_text())["matrix"]
-    assert "| intrusion last |" in (keep / "compare" / "compare.md").read_text()
+    table = (keep / "compare" / "compare.md").read_text()
+    assert "| vqa_score last | exact_match average | intrusion last |" in table  # ALSO's columns, then intrusion
 
 
 @pytest.mark.parametrize("jobs", ["0", "two", "-1"])
