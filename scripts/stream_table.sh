@@ -12,8 +12,9 @@
 # A variant of a method is written VARIANT:METHOD (its runs are named VARIANT and grouped apart),
 # e.g. "mage-ew:mage" with MMCL_SET_mage_ew="method.gating=false method.aggregation=false".
 # At the end: mmcl compare (the table of docs/results-*.md), and mmcl compare --protocol msvqa for an MSVQA stream.
-# INTRUSION=1 adds the intrusion track (mmcl rescore RUN --intrusion) to every finished sequential run
-# before it is kept, and an intrusion column to the final table.
+# INTRUSION=1 adds the intrusion tracks (mmcl rescore RUN --intrusion) to every finished sequential run
+# before it is kept, and intrusion columns to the final table (intrusion_form where a run has it:
+# runs kept before it existed have no predictions left to read it from).
 # ALSO="vqa_score drift_probe" adds those tracks' last scores as columns of the final table
 # (mmcl compare --also TRACK[:METRIC] each), e.g. the README's generalist table.
 #
@@ -90,7 +91,10 @@ done
 wait
 runs=${KEEP_DIR:-$out}; cmp="$runs/compare"; also=()
 for track in ${ALSO:-}; do also+=(--also "$track"); done
-[ "${INTRUSION:-0}" = 1 ] && also+=(--also intrusion)
+if [ "${INTRUSION:-0}" = 1 ]; then
+  also+=(--also intrusion)
+  grep -q '"intrusion_form"' "$runs"/*-s*/results.json 2>/dev/null && also+=(--also intrusion_form)
+fi
 mmcl compare "$runs"/*-s*/ "${also[@]}" -o "$cmp"
 # the benchmark as the runs resolved it (their config.yaml), so a layer such as configs/caption.yaml counts too
 bench=$(sed -n '/^benchmark:/,/^[^ ]/s/^  name: //p' "$runs"/*-s*/config.yaml | sort -u)

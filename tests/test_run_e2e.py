@@ -121,18 +121,19 @@ def test_cli_rescore_and_compare(lora_run: tuple[Path, dict], tmp_path: Path) ->
 
 
 def test_cli_intrusion_on_a_real_run(lora_run: tuple[Path, dict], tmp_path: Path) -> None:
-    """The intrusion track from a real run's saved predictions: defined exactly below the diagonal."""
+    """The intrusion tracks from a real run's saved predictions: defined exactly below the diagonal."""
     out, _ = lora_run
     res = cli.invoke(app, ["rescore", str(out), "--intrusion"])
     assert res.exit_code == 0, res.output
     data = json.loads((out / "results.json").read_text())
-    matrix = data["matrix"]["intrusion"]
-    assert len(matrix) == len(data["tasks"]) == 3
-    for t, row in enumerate(matrix):
-        for j, v in enumerate(row):
-            assert (v is None) == (j >= t), (t, j, v)
-            assert v is None or 0.0 <= v <= 1.0
-    assert data["metrics"]["intrusion"]["mft"] is None  # not a score: last and average only
+    for track in ("intrusion", "intrusion_form"):
+        matrix = data["matrix"][track]
+        assert len(matrix) == len(data["tasks"]) == 3
+        for t, row in enumerate(matrix):
+            for j, v in enumerate(row):
+                assert (v is None) == (j >= t), (track, t, j, v)
+                assert v is None or 0.0 <= v <= 1.0
+        assert data["metrics"][track]["mft"] is None  # not a score: last and average only
     res = cli.invoke(app, ["compare", str(out), "--scorer", "intrusion", "--output", str(tmp_path / "cmp")])
     assert res.exit_code == 0, res.output
     # The same track as a column beside the primary metrics, and a track the run does not have.

@@ -84,10 +84,12 @@ def test_intrusion_is_added_before_a_run_is_kept(small_config: Path, tmp_path: P
     _script(str(out), "lora-ft zero-shot", "0", str(small_config), keep=keep, INTRUSION="1", JOBS="1",
             ALSO="vqa_score exact_match:average")
     lora = json.loads((keep / "lora-ft-s0" / "results.json").read_text())
-    assert len(lora["matrix"]["intrusion"]) == 2 and lora["metrics"]["intrusion"]["last"] is not None
+    for track in ("intrusion", "intrusion_form"):
+        assert len(lora["matrix"][track]) == 2 and lora["metrics"][track]["last"] is not None
     assert "intrusion" not in json.loads((keep / "zero-shot-s0" / "results.json").read_text())["matrix"]
     table = (keep / "compare" / "compare.md").read_text()
-    assert "| vqa_score last | exact_match average | intrusion last |" in table  # ALSO's columns, then intrusion
+    # ALSO's columns, then the intrusion tracks
+    assert "| vqa_score last | exact_match average | intrusion last | intrusion_form last |" in table
 
 
 @pytest.mark.parametrize("jobs", ["0", "two", "-1"])

@@ -303,8 +303,9 @@ def rescore(
     ] = None,
     intrusion: Annotated[
         bool,
-        typer.Option("--intrusion", help="Instead of a scorer: add the `intrusion` track (the share of each earlier "
-                                         "task's answers that are answers of tasks learned after it)."),
+        typer.Option("--intrusion", help="Instead of a scorer: add the `intrusion` and `intrusion_form` tracks (the "
+                                         "share of each earlier task's answers that are answers, or have the "
+                                         "answer forms, of tasks learned after it)."),
     ] = False,
 ) -> None:
     """Recompute a run's matrices and metrics from its saved predictions with another scorer.
@@ -314,7 +315,7 @@ def rescore(
     Scorers and their sources: docs/scorers.md; the intrusion track: docs/metrics.md#intrusion.
     """
     from mmcl.registry import UnknownNameError
-    from mmcl.rescore import INTRUSION, intrusion_run, rescore_run
+    from mmcl.rescore import INTRUSION, INTRUSION_FORM, intrusion_run, rescore_run
 
     if (scorer is None) == (not intrusion):
         _fail("give exactly one of --scorer NAME and --intrusion")
@@ -322,13 +323,13 @@ def rescore(
         _fail("--task applies to --scorer only: the intrusion track reads every task")
     try:
         if intrusion:
-            results, track = intrusion_run(run_dir), INTRUSION
+            results, tracks = intrusion_run(run_dir), [INTRUSION, INTRUSION_FORM]
         else:
             assert scorer is not None
-            results, track = rescore_run(run_dir, scorer, tasks=task or None), scorer
+            results, tracks = rescore_run(run_dir, scorer, tasks=task or None), [scorer]
     except (UnknownNameError, ValueError, OSError) as e:
         _fail(str(e))
-    out.print(json.dumps({track: results["metrics"][track]}, indent=2))
+    out.print(json.dumps({track: results["metrics"][track] for track in tracks}, indent=2))
 
 
 @app.command()

@@ -23,9 +23,10 @@ scale (fractions or percentages); the metrics share it.
   clipped at 0: it is negative when the final score beats every earlier one.
   None when T == 1.
 
-The ``intrusion`` track (``mmcl rescore --intrusion``) is not a score: ``I[t][j]`` is the share of
-task j's answers after stage t taken from the answer sets of tasks learned after j. Its
-metrics are :func:`intrusion_metrics` (``last`` and ``average`` only).
+The ``intrusion`` and ``intrusion_form`` tracks (``mmcl rescore --intrusion``) are not scores:
+``I[t][j]`` is the share of task j's answers after stage t taken from the answer sets (or, for
+``intrusion_form``, the answer shapes) of tasks learned after j. Their metrics are
+:func:`intrusion_metrics` (``last`` and ``average`` only).
 """
 
 from __future__ import annotations
@@ -195,10 +196,14 @@ def summarize_seeds(values: Sequence[float | None]) -> tuple[float | None, float
 
 INTRUSION = "intrusion"
 """Name of the intrusion track (see the module docstring and docs/metrics.md#intrusion)."""
+INTRUSION_FORM = "intrusion_form"
+"""Name of the form-level intrusion track (docs/metrics.md#intrusion)."""
+INTRUSION_TRACKS = (INTRUSION, INTRUSION_FORM)
+"""The tracks that are shares of intruding answers, not scores (:func:`intrusion_metrics`)."""
 
 
 def intrusion_metrics(matrix: Sequence[Sequence[float | None]]) -> dict[str, float | None]:
-    """Metrics of the intrusion track: ``last``, the last row's mean over its non-null cells (the tasks
+    """Metrics of an intrusion track: ``last``, the last row's mean over its non-null cells (the tasks
     learned before the last stage), and ``average``, the mean over rows of each row's mean (rows with
     a value). The score metrics (MFT, BWT, ...) do not apply and are None."""
     def mean(values: Sequence[float | None]) -> float | None:

@@ -18,6 +18,7 @@ cannot read stops the rescore, naming task, file and line, before anything is wr
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from mmcl.eval.scorers import (
     sample_from_context,
     vqa_normalize,
 )
-from mmcl.metrics import INTRUSION
+from mmcl.metrics import INTRUSION, INTRUSION_FORM
 from mmcl.report.markdown import write_report
 from mmcl.report.results import RESULTS_FILE, load_results, row_labels, track_metrics, write_matrix_csv
 from mmcl.rundir import RunLock
@@ -259,15 +260,47 @@ def _learned_task(label: str, task_names: list[str]) -> int | None:
     return task_names.index(name) if label.startswith("after ") and name in task_names else None
 
 
+_SHAPE_PIECES = re.compile(r"\d+|[^\W\d_]+|\s+|.")
+
+
+def answer_shape(text: str) -> str:
+    """The form of an answer with its content taken out: a run of digits is ``9``, a word ``a``, a
+    single letter ``A`` (a choice letter), a run of spaces one space; other characters stay, and
+    an end period and surrounding spaces are dropped. E.g. ``[0.12, 0.30, 0.45, 0.60]`` ->
+    ``[9.9, 9.9, 9.9, 9.9]``, a truncated ``0.12,`` -> ``9.9,``, ``storage-tank`` -> ``a-a``,
+    ``(B)`` -> ``(A)``, ``Yes.`` -> ``a``. See docs/metrics.md#intrusion."""
+    out = []
+    for piece in _SHAPE_PIECES.findall(text.strip().removesuffix(".").strip()):
+        if piece[0].isdigit():
+            out.append("9")
+        elif piece[0].isspace():
+            out.append(" ")
+        elif piece[0].isalpha():
+            out.append("A" if len(piece) == 1 else "a")
+        else:
+            out.append(piece)
+    return "".join(out)
+
+
+def _within(shape: str, shapes: set[str]) -> bool:
+    """Whether ``shape`` is (part of) one of ``shapes``: a truncated box is still a box."""
+    return any(shape in s for s in shapes)
+
+
 def intrusion_run(run_dir: str | Path) -> dict[str, Any]:
-    """Add the ``intrusion`` track to a sequential run: how often later tasks' answers replace an earlier task's.
+    """Add the ``intrusion`` and ``intrusion_form`` tracks to a sequential run: how often later tasks'
+    answers, or answer forms, replace an earlier task's.
 
     ``intrusion[t][j]`` (task j learned before stage t) is the share of task j's saved answers
     after stage t that are an answer of a task learned after j (up to stage t) and not an answer
     of task j. Answers are compared VQA-normalised; a task's answer set is the union of the gold
-    answers of its test questions. Other cells are null (a task not yet learned, the diagonal,
-    rows that name no learned task: joint training, zero-shot). E.g. 1.0 for an old "what kind of
-    object" task means every answer names a category of a later scenario. See docs/metrics.md.
+    answers of its test questions. ``intrusion_form[t][j]`` is the share whose shape
+    (:func:`answer_shape`) is part of a shape of a later task's gold answers and of none of task
+    j's: a count answered with a truncated box (``0.12,``) counts there, a category answered with
+    a later scenario's category name only in ``intrusion``. Other cells are null (a task not yet
+    learned, the diagonal, rows that name no learned task: joint training, zero-shot). E.g. 1.0
+    for an old "what kind of object" task means every answer names a category of a later
+    scenario. See docs/metrics.md#intrusion.
 
     Reads every prediction file first (errors as :func:`rescore_run`, nothing written on bad
     input), writes no per-line scores, and rewrites results.json, matrix.csv and report.md.
@@ -285,14 +318,23 @@ def intrusion_run(run_dir: str | Path) -> dict[str, Any]:
     with RunLock(run_dir, "mmcl rescore --intrusion"):
         loaded = _load_cells(run_dir, results, set(task_names))
         answer_sets: list[set[str]] = [set() for _ in task_names]
+        shape_sets: list[set[str]] = [set() for _ in task_names]
         for _, j, _, rows in loaded:
             answer_sets[j].update(vqa_normalize(a) for row in rows for a in row["answers"])
-        matrix: list[list[float | None]] = [[None] * len(task_names) for _ in learned]
+            shape_sets[j].update(answer_shape(a) for row in rows for a in row["answers"])
+        whole: list[list[float | None]] = [[None] * len(task_names) for _ in learned]
+        form: list[list[float | None]] = [[None] * len(task_names) for _ in learned]
         for t, j, _, rows in loaded:
             if t is None or j not in learned_at or learned_at[j] >= t:
                 continue
-            later = set().union(*(answer_sets[k] for k in learned[learned_at[j] + 1 : t + 1] if k is not None))
-            foreign = later - answer_sets[j]
-            matrix[t][j] = sum(vqa_normalize(r["prediction"]) in foreign for r in rows) / len(rows)
-        return _write_track(run_dir, results, INTRUSION, matrix, None)
-
+            later = [k for k in learned[learned_at[j] + 1 : t + 1] if k is not None]
+            foreign = set().union(*(answer_sets[k] for k in later)) - answer_sets[j]
+            whole[t][j] = sum(vqa_normalize(r["prediction"]) in foreign for r in rows) / len(rows)
+            later_shapes = set().union(*(shape_sets[k] for k in later))
+            shapes = [answer_shape(r["prediction"]) for r in rows]
+            form[t][j] = sum(
+                bool(s) and _within(s, later_shapes) and not _within(s, shape_sets[j]) for s in shapes
+            ) / len(rows)
+        results["matrix"][INTRUSION_FORM] = form
+        results.setdefault("metrics", {})[INTRUSION_FORM] = track_metrics(results, INTRUSION_FORM)
+        return _write_track(run_dir, results, INTRUSION, whole, None)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmcl.metrics import INTRUSION, compute_metrics, compute_metrics_subset, intrusion_metrics
+from mmcl.metrics import INTRUSION_TRACKS, compute_metrics, compute_metrics_subset, intrusion_metrics
 from mmcl.utils.io import atomic_write_text
 from mmcl.utils.paths import inside
 
@@ -192,8 +192,8 @@ def track_task_indices(results: dict[str, Any], scorer: str) -> list[int]:
 
 def track_metrics(results: dict[str, Any], scorer: str) -> dict[str, float | None]:
     """Metrics of one track (``"primary"`` or a scorer name) of a run; see :func:`compute_track_metrics`
-    (the ``intrusion`` track, not a score: :func:`mmcl.metrics.intrusion_metrics`)."""
-    if scorer == INTRUSION:
+    (the intrusion tracks, not scores: :func:`mmcl.metrics.intrusion_metrics`)."""
+    if scorer in INTRUSION_TRACKS:
         return intrusion_metrics(track_matrix(results, scorer))
     return compute_track_metrics(track_matrix(results, scorer), track_zero_shot(results, scorer))
 
