@@ -222,14 +222,15 @@ def _load_cells(run_dir: Path, results: dict[str, Any], chosen: set[str], scorer
     return loaded
 
 
-def _write_track(run_dir: Path, results: dict[str, Any], track: str, matrix: list[list[float | None]],
-                 zero_shot: list[float | None] | None) -> dict[str, Any]:
-    """Set ``matrix[track]`` (and ``zero_shot[track]``) and its metrics (:func:`track_metrics`), and
-    rewrite results.json, matrix.csv and report.md."""
-    results["matrix"][track] = matrix
-    if zero_shot is not None:
-        results.setdefault("zero_shot", {})[track] = zero_shot
-    results.setdefault("metrics", {})[track] = track_metrics(results, track)
+def _write_tracks(run_dir: Path, results: dict[str, Any], matrices: dict[str, list[list[float | None]]],
+                  zero_shot: dict[str, list[float | None]] | None = None) -> dict[str, Any]:
+    """Set ``matrix[track]`` (and ``zero_shot[track]`` where given) and its metrics
+    (:func:`track_metrics`) for each track, then rewrite results.json, matrix.csv and report.md once."""
+    for track, matrix in matrices.items():
+        results["matrix"][track] = matrix
+        if zero_shot and track in zero_shot:
+            results.setdefault("zero_shot", {})[track] = zero_shot[track]
+        results.setdefault("metrics", {})[track] = track_metrics(results, track)
     atomic_write_json(run_dir / RESULTS_FILE, results)
     write_matrix_csv(run_dir, results)
     write_report(run_dir, results)
@@ -251,7 +252,7 @@ def _rescore(run_dir: Path, results: dict[str, Any], scorer: str, fn: Scorer, ch
             zero_shot[j] = value
         else:
             matrix[t][j] = value
-    return _write_track(run_dir, results, scorer, matrix, zero_shot)
+    return _write_tracks(run_dir, results, {scorer: matrix}, None if zero_shot is None else {scorer: zero_shot})
 
 
 def _learned_task(label: str, task_names: list[str]) -> int | None:
@@ -335,6 +336,4 @@ def intrusion_run(run_dir: str | Path) -> dict[str, Any]:
             form[t][j] = sum(
                 bool(s) and _within(s, later_shapes) and not _within(s, shape_sets[j]) for s in shapes
             ) / len(rows)
-        results["matrix"][INTRUSION_FORM] = form
-        results.setdefault("metrics", {})[INTRUSION_FORM] = track_metrics(results, INTRUSION_FORM)
-        return _write_track(run_dir, results, INTRUSION, whole, None)
+        return _write_tracks(run_dir, results, {INTRUSION: whole, INTRUSION_FORM: form})
